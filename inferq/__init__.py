@@ -1,0 +1,1 @@
+"""inferq: a queue-first inference backend."""

@@ -1,0 +1,1 @@
+"""Wire shapes as frozen msgspec Structs: models, predictions, errors, and the naming of keys."""

@@ -1,0 +1,111 @@
+"""One error tree for inferq, without HTTP in it.
+
+    InferqError                      code                 retryable
+    ├── NotFound
+    │   ├── ModelNotFound            model_not_found
+    │   ├── VersionNotFound          version_not_found
+    │   └── AliasNotFound            alias_not_found
+    ├── InvalidInput                 invalid_input
+    ├── InvalidModel                 invalid_model
+    ├── Conflict                     conflict
+    ├── ModelLoadFailed              model_load_failed    yes
+    ├── InferenceFailed              inference_failed
+    ├── Overloaded                   overloaded           yes
+    ├── DeadlineExceeded             deadline_exceeded
+    └── ServiceUnavailable           service_unavailable  yes
+
+The mapping to HTTP statuses lives in one place in ``inferq.api``; errors cross process and stream
+boundaries as ``contracts.ErrorInfo`` data, never as pickled exceptions.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class InferqError(Exception):
+    """Base of every domain error: a stable ``code``, a message and structured details."""
+
+    code: ClassVar[str] = "internal_error"
+    retryable: ClassVar[bool] = False
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r}, code={self.code!r})"
+
+
+class NotFound(InferqError):
+    code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class VersionNotFound(NotFound):
+    code = "version_not_found"
+
+
+class AliasNotFound(NotFound):
+    code = "alias_not_found"
+
+
+class InvalidInput(InferqError):
+    """The caller's input does not fit the model's signature; never retried."""
+
+    code = "invalid_input"
+
+
+class InvalidModel(InferqError):
+    """A model file that cannot be registered: not ONNX, no batch dimension, unsupported."""
+
+    code = "invalid_model"
+
+
+class Conflict(InferqError):
+    code = "conflict"
+
+
+class ModelLoadFailed(InferqError):
+    code = "model_load_failed"
+    retryable = True
+
+
+class InferenceFailed(InferqError):
+    code = "inference_failed"
+
+
+class Overloaded(InferqError):
+    code = "overloaded"
+    retryable = True
+
+
+class DeadlineExceeded(InferqError):
+    code = "deadline_exceeded"
+
+
+class ServiceUnavailable(InferqError):
+    """A backing service (Redis, Postgres) is unreachable or too slow."""
+
+    code = "service_unavailable"
+    retryable = True
+
+
+_BY_CODE: dict[str, type[InferqError]] = {}
+
+
+def _index(cls: type[InferqError]) -> None:
+    _BY_CODE.setdefault(cls.code, cls)
+    for sub in cls.__subclasses__():
+        _index(sub)
+
+
+def error_class(code: str) -> type[InferqError]:
+    """The error class for a stable code (``InferqError`` for unknown codes)."""
+    if not _BY_CODE:
+        _index(InferqError)
+    return _BY_CODE.get(code, InferqError)

@@ -1,0 +1,90 @@
+"""One Settings object, read from ``INFERQ_*`` environment variables once at process start.
+
+Components take only their own part (``settings.engine``, ``settings.services``); tests build
+Settings in code. Every variable is listed in ``docs/settings.md``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+PREFIX = "INFERQ_"
+
+
+class EngineSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """ONNX Runtime and model cache knobs."""
+
+    intra_op_threads: int = 1
+    inter_op_threads: int = 1
+    cache_size: int = 8
+    model_root: Path = Path(".inferq/models")
+    max_model_bytes: int = 512 * 1024 * 1024
+
+
+class ServiceSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """Where Redis and Postgres are; ``None`` means start embedded ones."""
+
+    redis_url: str | None = None
+    database_url: str | None = None
+    key_prefix: str = "inferq"
+    state_dir: Path = Path(".inferq")
+    socket_timeout_s: float = 2.0
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    services: ServiceSettings = ServiceSettings()
+    engine: EngineSettings = EngineSettings()
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: str = "info"
+    webhook_allow_private: bool = False
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read every ``INFERQ_*`` variable; unknown or malformed ones are a clear error."""
+        env = os.environ if environ is None else environ
+        values = {k[len(PREFIX) :].lower(): v for k, v in env.items() if k.startswith(PREFIX) and v != ""}
+        sections: dict[str, dict[str, Any]] = {"services": {}, "engine": {}}
+        top: dict[str, Any] = {}
+        for key, raw in values.items():
+            section = _SECTION_OF.get(key)
+            if section is None:
+                if key in _TOP_FIELDS:
+                    top[key] = raw
+                continue  # foreign INFERQ_* variables (tests, tooling) are not ours to reject
+            field = _FIELD_ALIASES.get(key, key)
+            sections[section][field] = raw
+        try:
+            return msgspec.convert(
+                {**top, "services": sections["services"], "engine": sections["engine"]},
+                cls,
+                strict=False,
+                dec_hook=_decode_path,
+            )
+        except msgspec.ValidationError as exc:
+            raise ValueError(f"invalid INFERQ_* setting: {exc}") from exc
+
+
+def _decode_path(type_: type, obj: Any) -> Any:
+    if type_ is Path and isinstance(obj, str):
+        return Path(obj)
+    raise NotImplementedError
+
+
+# Environment names that differ from their field names (the design's public names).
+_FIELD_ALIASES = {
+    "engine_threads": "intra_op_threads",
+    "engine_inter_op_threads": "inter_op_threads",
+    "model_cache_size": "cache_size",
+}
+_SECTION_OF: dict[str, str] = {
+    **{name: "services" for name in ServiceSettings.__struct_fields__},
+    **{name: "engine" for name in ("model_root", "max_model_bytes")},
+    **{alias: "engine" for alias in _FIELD_ALIASES},
+}
+_TOP_FIELDS = frozenset(set(Settings.__struct_fields__) - {"services", "engine"})
