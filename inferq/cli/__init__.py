@@ -1,0 +1,1 @@
+"""The ``inferq`` command line: serve, work, migrate, manage models, predict offline, dev."""

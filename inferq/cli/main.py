@@ -1,0 +1,96 @@
+"""Entry point: parse the command line, read Settings once, run one command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from inferq.cli.output import fail, say
+from inferq.errors import InferqError
+from inferq.settings import Settings
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="inferq", description="Queue-first inference backend.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    commands.add_parser("migrate", help="upgrade the Postgres schema to the latest revision")
+
+    dev = commands.add_parser("dev", help="run the whole system locally with demo models")
+    dev.add_argument("--exit", action="store_true", help="set everything up, print the tour, then exit")
+
+    predict = commands.add_parser("predict", help="run a prediction in-process (no server)")
+    predict.add_argument("model", help="name, name@VERSION, name@ALIAS, or a path to an .onnx file")
+    predict.add_argument("--input", required=True, help="JSON inputs, or @FILE to read them from a file")
+
+    models = commands.add_parser("models", help="manage registered models").add_subparsers(
+        dest="models_command", required=True, metavar="SUBCOMMAND"
+    )
+    imp = models.add_parser("import", help="register a local .onnx or scikit-learn joblib/pickle file")
+    imp.add_argument("file", help="an ONNX file, or a fitted scikit-learn estimator saved with joblib/pickle")
+    imp.add_argument("--name", required=True, help="model name (the server assigns the next version)")
+    imp.add_argument("--alias", action="append", default=[], help="point this alias at the new version")
+    imp.add_argument("--description", help="free text kept with the version")
+    imp.add_argument("--feature-names", help="comma-separated feature names (scikit-learn files)")
+    imp.add_argument("--class-names", help="comma-separated class names (scikit-learn classifiers)")
+    models.add_parser("list", help="list models, versions and aliases")
+    show = models.add_parser("show", help="one model with its versions, signatures and aliases")
+    show.add_argument("name")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one ``inferq`` command; returns the process exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:
+        say(f"inferq: {exc}")
+        return 2
+    try:
+        return asyncio.run(_dispatch(args, settings))
+    except InferqError as exc:
+        return fail(exc)
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    # Commands import their own modules so `inferq --help` stays fast and light.
+    if args.command == "migrate":
+        from inferq.cli.runtime import migrate
+
+        return await migrate(settings)
+    if args.command == "dev":
+        from inferq.cli.dev import run_dev
+
+        return await run_dev(settings, exit_after_setup=args.exit)
+    if args.command == "predict":
+        from inferq.cli.predict import predict
+
+        return await predict(settings, model=args.model, raw_input=args.input)
+    from inferq.cli import models
+
+    if args.models_command == "import":
+        return await models.import_file(
+            settings,
+            path=args.file,
+            name=args.name,
+            aliases=args.alias,
+            description=args.description,
+            feature_names=_split(args.feature_names),
+            class_names=_split(args.class_names),
+        )
+    if args.models_command == "list":
+        return await models.list_models(settings)
+    return await models.show_model(settings, name=args.name)
+
+
+def _split(value: str | None) -> list[str] | None:
+    return [part.strip() for part in value.split(",")] if value else None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""What a CLI command needs around it: services (embedded when unset), the schema, the registry."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from inferq.cli.output import say
+from inferq.embedded import started_services
+from inferq.errors import ServiceUnavailable
+from inferq.settings import ServiceSettings, Settings
+from inferq.store import migrate as schema
+from inferq.store.artifacts import LocalArtifactCache
+from inferq.store.database import create_engine, create_sessionmaker
+from inferq.store.registry import Registry
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """The open resources of one command: resolved service URLs and the model registry."""
+
+    services: ServiceSettings
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    registry: Registry
+    artifacts: LocalArtifactCache
+
+
+@contextlib.asynccontextmanager
+async def opened(settings: Settings, *, redis: bool = False) -> AsyncIterator[Runtime]:
+    """Open the registry; embedded Postgres (and Redis when asked) if no URL is configured.
+
+    The embedded database is ours, so it is migrated on the way in; a configured one must be
+    migrated by the operator (``inferq migrate``) and a stale schema is refused with that advice.
+    """
+    embedded_db = settings.services.database_url is None
+    with started_services(settings.services, redis=redis) as services:
+        assert services.database_url is not None
+        if embedded_db:
+            await schema.upgrade(services.database_url)
+        else:
+            await _require_current_schema(services.database_url)
+        engine = create_engine(services.database_url)
+        try:
+            sessions = create_sessionmaker(engine)
+            yield Runtime(
+                services=services,
+                engine=engine,
+                sessions=sessions,
+                registry=Registry(sessions),
+                artifacts=LocalArtifactCache(settings.engine.model_root),
+            )
+        finally:
+            await engine.dispose()
+
+
+async def migrate(settings: Settings) -> int:
+    """``inferq migrate``: upgrade the configured (or embedded) database to the latest revision."""
+    with started_services(settings.services, redis=False) as services:
+        assert services.database_url is not None
+        await schema.upgrade(services.database_url)
+        say(f"database schema at revision {await schema.current(services.database_url)}")
+    return 0
+
+
+async def _require_current_schema(url: str) -> None:
+    current, head = await schema.current(url), schema.head()
+    if current != head:
+        raise ServiceUnavailable(
+            f"database schema is at revision {current or 'none'}, this inferq needs {head}: run `inferq migrate`",
+            current=current,
+            head=head,
+        )

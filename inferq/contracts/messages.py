@@ -1,0 +1,89 @@
+"""Stream messages: msgpack-encoded, tagged and versioned Structs (``kind = "infer.v1"``).
+
+New fields get defaults (old workers skip unknown fields: no ``forbid_unknown_fields`` here);
+a breaking change is a new tag. ``docs/streams.md`` documents these shapes for direct producers.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from inferq.contracts.errors import ErrorInfo
+from inferq.contracts.predictions import Prediction, Tensor
+
+Lane = Literal["interactive", "bulk"]
+State = Literal["queued", "running", "succeeded", "failed", "canceled", "expired", "dead_lettered"]
+TERMINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "canceled", "expired", "dead_lettered"})
+OutputForm = Literal["predictions", "tensors"]
+
+
+class Reply(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a result is announced; set only by trusted code (API instance or ingress forwarder)."""
+
+    kind: Literal["api", "producer"]
+    name: str
+
+
+class InferRequest(msgspec.Struct, frozen=True, kw_only=True, tag="infer.v1", tag_field="kind"):
+    """One prediction request on a partition's work stream.
+
+    The deadline is ``ttl_ms`` after the enqueue time, which is the millisecond part of the
+    stream entry id (Redis's clock), so hosts with skewed clocks agree.
+    """
+
+    id: str
+    tenant: str
+    model: str
+    version: int
+    inputs: tuple[Tensor, ...]
+    rows: int
+    ttl_ms: int
+    output: OutputForm = "predictions"
+    output_names: tuple[str, ...] = ()
+    priority: int = 0
+    correlation_id: str = ""
+    reply: Reply | None = None
+
+
+class Timings(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a request's time went, in milliseconds; ``batch_rows`` = rows in its ORT run."""
+
+    queue_ms: float
+    inference_ms: float
+    batch_rows: int
+
+
+class InferResult(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag="result.v1", tag_field="kind"):
+    """The terminal outcome of one request, stored under its result key and published."""
+
+    id: str
+    tenant: str
+    model: str
+    version: int
+    status: State
+    predictions: tuple[Prediction, ...] = ()
+    tensors: tuple[Tensor, ...] = ()
+    error: ErrorInfo | None = None
+    timings: Timings | None = None
+    correlation_id: str = ""
+
+
+class Pending(msgspec.Struct, frozen=True, kw_only=True, tag="pending.v1", tag_field="kind"):
+    """Placeholder stored when a caller was answered 202: the request is known, not finished."""
+
+    id: str
+    tenant: str
+    model: str
+    version: int
+    status: State = "queued"
+
+
+StreamMessage = InferRequest
+StoredResult = InferResult | Pending
+
+message_encoder = msgspec.msgpack.Encoder()
+request_decoder = msgspec.msgpack.Decoder(InferRequest)
+result_decoder = msgspec.msgpack.Decoder(InferResult)
+stored_decoder = msgspec.msgpack.Decoder(StoredResult)

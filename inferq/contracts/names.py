@@ -1,0 +1,51 @@
+"""The one naming module: every Redis key, stream, group and channel under ``INFERQ_KEY_PREFIX``.
+
+Partition keys carry a hash tag (``{wine@2}``) so a partition's streams live in one Redis Cluster
+slot and multi-key scripts over them stay legal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Names:
+    """Key names for one deployment (one prefix)."""
+
+    prefix: str = "inferq"
+
+    def partition(self, model: str, version: int) -> str:
+        return f"{model}@{version}"
+
+    def work_stream(self, partition: str) -> str:
+        """Interactive lane of a partition."""
+        return f"{self.prefix}:{{{partition}}}:work"
+
+    def bulk_stream(self, partition: str) -> str:
+        """Bulk lane (job chunks) of a partition."""
+        return f"{self.prefix}:{{{partition}}}:bulk"
+
+    def dead_letters(self, partition: str) -> str:
+        return f"{self.prefix}:{{{partition}}}:dlq"
+
+    def group(self, partition: str) -> str:
+        """The one consumer group of a partition (both lanes)."""
+        return "workers"
+
+    def result(self, request_id: str) -> str:
+        return f"{self.prefix}:result:{request_id}"
+
+    def reply_channel(self, instance: str) -> str:
+        """Pub/sub channel of one API instance."""
+        return f"{self.prefix}:reply:{instance}"
+
+    def ingress_stream(self, producer: str) -> str:
+        return f"{self.prefix}:ingress:{producer}"
+
+    def producer_replies(self, producer: str) -> str:
+        return f"{self.prefix}:reply:{producer}"
+
+    def all_keys(self) -> str:
+        """A SCAN pattern matching every key of this prefix."""
+        return f"{self.prefix}:*"

@@ -1,0 +1,1 @@
+"""Postgres through SQLAlchemy 2 async: tables, migrations, the model registry and artifact store."""

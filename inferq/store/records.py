@@ -1,0 +1,61 @@
+"""Conversions between table rows and the contracts that repositories return."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, cast
+
+import msgspec
+
+from inferq.contracts.models import Alias, ModelSignature, ModelVersion, VersionStatus
+from inferq.errors import InvalidInput
+from inferq.store.tables import AliasRow, VersionRow
+
+Overrides = dict[str, int | float]
+
+
+def version_from_row(model: str, row: VersionRow) -> ModelVersion:
+    """The contract for one ``model_versions`` row of the model named ``model``."""
+    return ModelVersion(
+        model=model,
+        version=row.version,
+        status=cast(VersionStatus, row.status),  # a CHECK constraint keeps it one of the three
+        signature=msgspec.convert(row.signature, ModelSignature),
+        sha256=row.sha256,
+        size_bytes=row.size_bytes,
+        created_at=row.created_at,
+        description=row.description,
+        overrides=msgspec.convert(row.overrides, Overrides),
+    )
+
+
+def alias_from_row(model: str, row: AliasRow) -> Alias:
+    """The contract for one ``model_aliases`` row (JSON object keys are version numbers)."""
+    return Alias(model=model, name=row.name, weights=weights_from_json(row.weights), fallback=row.fallback)
+
+
+def weights_from_json(weights: Mapping[str, Any]) -> dict[int, int]:
+    """``{"2": 95, "3": 5}`` as stored → ``{2: 95, 3: 5}``."""
+    return {int(version): int(weight) for version, weight in weights.items()}
+
+
+def weights_to_json(weights: Mapping[int, int]) -> dict[str, int]:
+    """``{2: 95, 3: 5}`` → ``{"2": 95, "3": 5}`` (JSON object keys are strings)."""
+    return {str(version): weight for version, weight in sorted(weights.items())}
+
+
+def signature_to_json(signature: ModelSignature) -> dict[str, Any]:
+    """The msgspec encoding of a signature, as a JSON-ready dict for a JSONB column."""
+    return cast(dict[str, Any], msgspec.to_builtins(signature))
+
+
+def check_overrides(overrides: Mapping[str, int | float] | None) -> Overrides:
+    """Per-version serving overrides: names to finite numbers (``{"max_batch": 32}``)."""
+    clean: Overrides = {}
+    for key, value in (overrides or {}).items():
+        number_ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if not isinstance(key, str) or not key or not number_ok or not math.isfinite(value):
+            raise InvalidInput(f"invalid serving override {key!r}: {value!r} (a finite number)", field="overrides")
+        clean[key] = value
+    return clean

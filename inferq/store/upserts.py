@@ -1,0 +1,50 @@
+"""Registry writes on an open session: the model's version counter and alias upserts."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import func
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from inferq.store.records import weights_to_json
+from inferq.store.tables import AliasRow, ModelRow
+
+
+async def next_version(session: AsyncSession, *, name: str, description: str | None) -> tuple[int, int]:
+    """Create the model or bump its counter; return ``(model_id, new version number)``.
+
+    NOTE: the upsert takes the model row's lock until commit (as SELECT … FOR UPDATE would), so
+    concurrent registrations of one name get consecutive numbers; a rollback returns the number.
+    """
+    stmt = pg_insert(ModelRow).values(name=name, description=description, last_version=1)
+    upsert = stmt.on_conflict_do_update(
+        index_elements=[ModelRow.name],
+        set_={
+            "last_version": ModelRow.last_version + 1,
+            "description": func.coalesce(ModelRow.description, stmt.excluded.description),
+        },
+    ).returning(ModelRow.id, ModelRow.last_version)
+    row = (await session.execute(upsert)).one()
+    return row.id, row.last_version
+
+
+async def upsert_alias(
+    session: AsyncSession,
+    *,
+    model_id: int,
+    alias: str,
+    weights: Mapping[int, int],
+    fallback: bool | None = None,
+) -> AliasRow:
+    """Point ``alias`` at ``weights``; ``fallback=None`` keeps an existing alias's fallback flag."""
+    stmt = pg_insert(AliasRow).values(
+        model_id=model_id, name=alias, weights=weights_to_json(weights), fallback=bool(fallback)
+    )
+    changes: dict[str, Any] = {"weights": stmt.excluded.weights, "updated_at": func.now()}
+    if fallback is not None:
+        changes["fallback"] = stmt.excluded.fallback
+    upsert = stmt.on_conflict_do_update(index_elements=[AliasRow.model_id, AliasRow.name], set_=changes)
+    return (await session.scalars(upsert.returning(AliasRow))).one()

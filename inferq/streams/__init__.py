@@ -1,0 +1,1 @@
+"""The Redis transport: admission-checked producer, reply listener, result store, consumer primitives."""

@@ -1,0 +1,138 @@
+"""Consumer primitives over a partition's two lanes: group setup, read, ack, claim, dead-letter."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
+from redis.exceptions import ResponseError
+
+from inferq.contracts.messages import Lane
+from inferq.streams.partition import Partition
+
+LANES: tuple[Lane, ...] = ("interactive", "bulk")
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One stream entry as delivered to this consumer."""
+
+    lane: Lane
+    id: str
+    message: bytes
+    deliveries: int = 1
+
+
+def is_nogroup(exc: BaseException) -> bool:
+    """True for the error Redis gives when the stream or group vanished (restart without data)."""
+    return isinstance(exc, ResponseError) and str(exc).startswith("NOGROUP")
+
+
+async def ensure_groups(redis: aioredis.Redis, part: Partition) -> None:
+    """Create the partition's group on both lanes (from the start: a backlog is read too)."""
+    for stream in (part.work, part.bulk):
+        try:
+            await redis.xgroup_create(stream, part.group, id="0", mkstream=True)
+        except ResponseError as exc:
+            if not str(exc).startswith("BUSYGROUP"):
+                raise
+
+
+async def read(
+    redis: aioredis.Redis, part: Partition, *, consumer: str, count: int, block_ms: int | None
+) -> list[Entry]:
+    """New entries from both lanes in one XREADGROUP, interactive first.
+
+    ``block_ms=None`` does not block (used while entries are carried over from the last read).
+    """
+    reply = await redis.xreadgroup(part.group, consumer, {part.work: ">", part.bulk: ">"}, count=count, block=block_ms)
+    entries: list[Entry] = []
+    for stream, items in sorted(reply or [], key=lambda s: _as_str(s[0]) != part.work):
+        lane = part.lane_of(_as_str(stream))
+        for entry_id, fields in items:
+            if fields is None:  # deleted while pending
+                continue
+            entries.append(Entry(lane=lane, id=_as_str(entry_id), message=fields.get(b"m", b"")))
+    return entries
+
+
+def ack(pipe: Pipeline, part: Partition, entries: list[Entry]) -> None:
+    """Queue XACK + XDEL per lane: a stream's length stays exactly its unfinished work."""
+    for lane in LANES:
+        ids = [e.id for e in entries if e.lane == lane]
+        if ids:
+            stream = part.stream(lane)
+            pipe.xack(stream, part.group, *ids)
+            pipe.xdel(stream, *ids)
+
+
+def dead_letter(pipe: Pipeline, part: Partition, entry: Entry, *, reason: str, max_len: int = 100_000) -> None:
+    """Queue: copy the entry to the partition's DLQ with a reason, then ack and delete it."""
+    fields = {
+        "m": entry.message,
+        "reason": reason,
+        "origin_id": entry.id,
+        "lane": entry.lane,
+        "deliveries": str(entry.deliveries),
+    }
+    pipe.xadd(part.dlq, fields, maxlen=max_len, approximate=True)  # type: ignore[arg-type]
+    ack(pipe, part, [entry])
+
+
+async def claim(
+    redis: aioredis.Redis, part: Partition, *, lane: Lane, consumer: str, min_idle_ms: int,
+    start: str = "0-0", count: int = 16,
+) -> tuple[str, list[Entry]]:  # fmt: skip
+    """XAUTOCLAIM entries idle longer than ``min_idle_ms`` (a dead consumer's), with delivery counts.
+
+    Returns the cursor for the next call (``"0-0"`` when a sweep is complete) and the entries.
+    """
+    stream = part.stream(lane)
+    cursor, claimed, *_ = await redis.xautoclaim(stream, part.group, consumer, min_idle_ms, start, count=count)
+    if not claimed:
+        return _as_str(cursor), []
+    ids = [_as_str(entry_id) for entry_id, _ in claimed]
+    pending = await redis.xpending_range(stream, part.group, min=ids[0], max=ids[-1], count=len(ids) + 64)
+    counts = {_as_str(p["message_id"]): int(p["times_delivered"]) for p in pending}
+    entries = [
+        Entry(
+            lane=lane,
+            id=_as_str(entry_id),
+            message=fields.get(b"m", b""),
+            deliveries=counts.get(_as_str(entry_id), 1),
+        )
+        for entry_id, fields in claimed
+        if fields is not None
+    ]
+    return _as_str(cursor), entries
+
+
+async def heartbeat(redis: aioredis.Redis, part: Partition, *, consumer: str, entries: list[Entry]) -> None:
+    """Reset the idle time of entries still being worked on, so the reclaimer leaves them alone."""
+    for lane in LANES:
+        ids = [e.id for e in entries if e.lane == lane]
+        if ids:
+            stream = part.stream(lane)
+            await redis.xclaim(stream, part.group, consumer, 0, list[Any](ids), justid=True)
+
+
+async def remove_idle_consumers(redis: aioredis.Redis, part: Partition, *, idle_ms: int, keep: str) -> int:
+    """Delete consumers with nothing pending that have been idle for ``idle_ms`` (dead workers)."""
+    removed = 0
+    for stream in (part.work, part.bulk):
+        try:
+            consumers = await redis.xinfo_consumers(stream, part.group)
+        except ResponseError:
+            continue
+        for info in consumers:
+            name = _as_str(info["name"])
+            if name != keep and int(info["pending"]) == 0 and int(info["idle"]) > idle_ms:
+                await redis.xgroup_delconsumer(stream, part.group, name)
+                removed += 1
+    return removed
+
+
+def _as_str(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,98 @@
+"""Enqueue with atomic admission: one Lua call checks ``XLEN < limit`` and XADDs, or rejects.
+
+Concurrent submissions in one event-loop turn are coalesced into one pipeline (one round trip):
+the client library, not Redis, is the producer's ceiling (research/performance.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+from inferq.errors import Overloaded, ServiceUnavailable
+from inferq.streams.connection import UNAVAILABLE
+
+# KEYS[1] stream, KEYS[2] drain-rate key; ARGV[1] limit, ARGV[2] message.
+# Returns the entry id, or {backlog, drain rate (rows/s, as written by workers)} on rejection.
+ADMIT = """
+local backlog = redis.call('XLEN', KEYS[1])
+if backlog >= tonumber(ARGV[1]) then
+  return {backlog, redis.call('GET', KEYS[2]) or '0'}
+end
+return redis.call('XADD', KEYS[1], '*', 'm', ARGV[2])
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    stream: str
+    rate_key: str
+    limit: int
+    message: bytes
+
+
+class Producer:
+    """Admission-checked XADD, coalesced per loop turn. ``submit`` returns the entry id."""
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self._redis = redis
+        self._admit = redis.register_script(ADMIT)
+        self._queue: list[tuple[Submission, asyncio.Future[str]]] = []
+        self._flushing: set[asyncio.Task[None]] = set()
+
+    async def submit(self, submission: Submission) -> str:
+        """Enqueue one message; ``Overloaded`` (with ``retry_after_s``) when the stream is full."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[str] = loop.create_future()
+        if not self._queue:
+            loop.call_soon(self._start_flush)
+        self._queue.append((submission, future))
+        return await future
+
+    def _start_flush(self) -> None:
+        task = asyncio.create_task(self._flush())
+        self._flushing.add(task)
+        task.add_done_callback(self._flushing.discard)
+
+    async def _flush(self) -> None:
+        batch, self._queue = self._queue, []
+        pipe = self._redis.pipeline(transaction=False)
+        for sub, _ in batch:
+            await self._admit(keys=[sub.stream, sub.rate_key], args=[sub.limit, sub.message], client=pipe)
+        try:
+            replies = await pipe.execute(raise_on_error=False)
+        except UNAVAILABLE as exc:
+            error = ServiceUnavailable(f"redis is unavailable: {exc}")
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(error)
+            return
+        for (sub, future), reply in zip(batch, replies, strict=True):
+            if future.done():
+                continue
+            if isinstance(reply, bytes):
+                future.set_result(reply.decode())
+            elif isinstance(reply, list):
+                future.set_exception(_overloaded(sub, backlog=int(reply[0]), rate=float(reply[1])))
+            else:
+                future.set_exception(ServiceUnavailable(f"redis refused the enqueue: {reply}"))
+
+
+def _overloaded(sub: Submission, *, backlog: int, rate: float) -> Overloaded:
+    # Retry-After from the observed drain rate: time for the backlog above the limit to drain.
+    retry_after = max(1, math.ceil(backlog / rate)) if rate > 0 else 1
+    return Overloaded(
+        f"partition is full ({backlog} queued, limit {sub.limit}); retry in {retry_after}s",
+        backlog=backlog,
+        limit=sub.limit,
+        retry_after_s=min(retry_after, 60),
+    )
+
+
+def enqueued_ms(entry_id: str | bytes) -> int:
+    """The enqueue time (Redis's clock, ms) encoded in a stream entry id."""
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    return int(text.partition("-")[0])

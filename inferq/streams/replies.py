@@ -1,0 +1,90 @@
+"""The API instance's reply listener: one pub/sub channel, futures keyed by request id.
+
+Subscribe before the first XADD; pub/sub is at-most-once, so a caller whose wait runs out reads
+the result key once before answering 202.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+
+import redis.asyncio as aioredis
+import structlog
+
+from inferq.contracts.messages import InferResult
+from inferq.streams.results import decode_stored
+
+log = structlog.get_logger(__name__)
+
+
+class ReplyListener:
+    """Resolves ``expect(id)`` futures from results published on this instance's channel."""
+
+    def __init__(self, redis: aioredis.Redis, *, channel: str) -> None:
+        self._redis = redis
+        self.channel = channel
+        self._waiters: dict[str, asyncio.Future[InferResult]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+
+    @staticmethod
+    def instance_name() -> str:
+        return f"api-{uuid.uuid4().hex[:12]}"
+
+    async def start(self) -> None:
+        """Subscribe and start dispatching; returns once the subscription is confirmed."""
+        self._task = asyncio.create_task(self._run(), name=f"replies:{self.channel}")
+        await asyncio.wait_for(self._ready.wait(), timeout=10)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for future in self._waiters.values():
+            future.cancel()
+        self._waiters.clear()
+
+    def expect(self, request_id: str) -> asyncio.Future[InferResult]:
+        """A future for ``request_id``'s result; register it before enqueueing."""
+        future: asyncio.Future[InferResult] = asyncio.get_running_loop().create_future()
+        self._waiters[request_id] = future
+        return future
+
+    def forget(self, request_id: str) -> None:
+        self._waiters.pop(request_id, None)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    async def _run(self) -> None:
+        backoff = 0.05
+        while True:
+            try:
+                async with self._redis.pubsub(ignore_subscribe_messages=True) as pubsub:
+                    await pubsub.subscribe(self.channel)
+                    self._ready.set()
+                    backoff = 0.05
+                    while True:
+                        message = await pubsub.get_message(timeout=1.0)
+                        if message is not None:
+                            self._dispatch(message["data"])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # reconnect with backoff; never a hot loop
+                log.warning("replies.reconnect", channel=self.channel, error=str(exc), backoff_s=backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    def _dispatch(self, data: bytes) -> None:
+        try:
+            result = decode_stored(data)
+        except Exception as exc:
+            log.warning("replies.undecodable", error=str(exc))
+            return
+        future = self._waiters.pop(result.id, None)
+        if future is not None and not future.done() and isinstance(result, InferResult):
+            future.set_result(result)

@@ -1,0 +1,94 @@
+"""Migrations: empty database to head, idempotent, safe when concurrent, in step with tables.py."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import CheckConstraint, Connection, inspect, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from inferq.store.database import create_engine
+from inferq.store.migrate import current, head, upgrade
+from inferq.store.tables import Base
+
+pytestmark = pytest.mark.integration
+
+REGISTRY_TABLES = {"tenants", "models", "model_versions", "model_aliases", "artifacts", "artifact_chunks"}
+
+
+@pytest.fixture
+async def empty_database_url(database_url: str) -> AsyncIterator[str]:
+    """A second, empty database on the run's server, named after the run's own and dropped after."""
+    url = make_url(database_url)
+    name = f"{url.database}_scratch_{secrets.token_hex(3)}"
+    admin = create_engine(url.set(database="postgres").render_as_string(hide_password=False))
+    try:
+        async with admin.connect() as conn:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await conn.execute(text(f'CREATE DATABASE "{name}"'))
+        yield url.set(database=name).render_as_string(hide_password=False)
+        async with admin.connect() as conn:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        await admin.dispose()
+
+
+async def test_upgrade_from_empty_creates_the_registry_at_head(migrated_db: str, engine: AsyncEngine) -> None:
+    async with engine.connect() as conn:
+        tables = set(await conn.run_sync(lambda c: inspect(c).get_table_names()))
+    assert tables == REGISTRY_TABLES | {"alembic_version"}
+    assert await current(migrated_db) == head() == "0001"
+
+
+async def test_second_upgrade_changes_nothing(migrated_db: str, engine: AsyncEngine) -> None:
+    await upgrade(migrated_db)
+    assert await current(migrated_db) == head()
+    async with engine.connect() as conn:
+        assert await conn.scalar(text("SELECT count(*) FROM tenants")) == 1
+        assert await conn.scalar(text("SELECT count(*) FROM alembic_version")) == 1
+
+
+async def test_concurrent_upgrades_of_an_empty_database_all_succeed(empty_database_url: str) -> None:
+    assert await current(empty_database_url) is None
+    await asyncio.gather(*(upgrade(empty_database_url) for _ in range(4)))
+    assert await current(empty_database_url) == head()
+    engine = create_engine(empty_database_url)
+    try:
+        async with engine.connect() as conn:
+            assert (await conn.execute(text("SELECT id FROM tenants"))).scalars().all() == ["default"]
+    finally:
+        await engine.dispose()
+
+
+async def test_default_tenant_is_seeded(engine: AsyncEngine) -> None:
+    async with engine.connect() as conn:
+        rows = (await conn.execute(text("SELECT id, name FROM tenants"))).all()
+    assert [row.id for row in rows] == ["default"]
+
+
+def _drift(conn: Connection) -> tuple[list[object], dict[str, set[str]]]:
+    """Autogenerate's diff, plus CHECK constraints by name (autogenerate does not compare those)."""
+    context = MigrationContext.configure(conn, opts={"compare_type": True, "compare_server_default": True})
+    diff = list(compare_metadata(context, Base.metadata))
+    inspector = inspect(conn)
+    checks: dict[str, set[str]] = {}
+    for table in Base.metadata.sorted_tables:
+        declared = {str(c.name) for c in table.constraints if isinstance(c, CheckConstraint)}
+        reflected = {str(c["name"]) for c in inspector.get_check_constraints(table.name)}
+        if declared != reflected:
+            checks[table.name] = declared ^ reflected
+    return diff, checks
+
+
+async def test_tables_module_and_migrations_agree(engine: AsyncEngine) -> None:
+    async with engine.connect() as conn:
+        diff, checks = await conn.run_sync(_drift)
+    assert diff == []
+    assert checks == {}

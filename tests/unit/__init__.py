@@ -1,0 +1,1 @@
+"""Unit tests: no sockets; tiny models are built in the test session."""
