@@ -18,6 +18,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("migrate", help="upgrade the Postgres schema to the latest revision")
 
+    serve = commands.add_parser("serve", help="run the HTTP API (Litestar on uvicorn)")
+    serve.add_argument("--host", help="bind address (default INFERQ_HOST, 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default INFERQ_PORT, 8000)")
+    serve.add_argument("--workers", type=int, default=1, help="API processes")
+
+    worker = commands.add_parser("worker", help="run inference workers for some or all model versions")
+    chosen = worker.add_mutually_exclusive_group(required=True)
+    chosen.add_argument("--all", action="store_true", help="every active version; picks up new ones")
+    chosen.add_argument("--models", help="comma-separated model@version list, e.g. wine@2,iris@1")
+    worker.add_argument("--processes", type=int, default=1, help="worker processes (supervised)")
+
+    dlq = commands.add_parser("dlq", help="dead-lettered requests").add_subparsers(
+        dest="dlq_command", required=True, metavar="SUBCOMMAND"
+    )
+    for verb, text in (("list", "list entries"), ("inspect", "show one entry"), ("replay", "re-enqueue"),
+                       ("purge", "delete")):  # fmt: skip
+        cmd = dlq.add_parser(verb, help=f"{text} of a partition's dead-letter stream")
+        cmd.add_argument("partition", help="model@version")
+        if verb in ("inspect", "replay", "purge"):
+            cmd.add_argument("ids", nargs="*", help="entry ids (replay/purge: none = all)")
+
     dev = commands.add_parser("dev", help="run the whole system locally with demo models")
     dev.add_argument("--exit", action="store_true", help="set everything up, print the tour, then exit")
 
@@ -67,6 +88,18 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         from inferq.cli.dev import run_dev
 
         return await run_dev(settings, exit_after_setup=args.exit)
+    if args.command == "serve":
+        from inferq.cli.serve import run_serve
+
+        return await run_serve(settings, host=args.host, port=args.port, processes=args.workers)
+    if args.command == "worker":
+        from inferq.cli.worker import run_worker
+
+        return await run_worker(settings, all_models=args.all, models=_split(args.models), processes=args.processes)
+    if args.command == "dlq":
+        from inferq.cli.dlq import run_dlq
+
+        return await run_dlq(settings, verb=args.dlq_command, partition=args.partition, ids=getattr(args, "ids", []))
     if args.command == "predict":
         from inferq.cli.predict import predict
 

@@ -33,6 +33,14 @@ class Names:
         """The one consumer group of a partition (both lanes)."""
         return "workers"
 
+    def rate(self, partition: str) -> str:
+        """Drain rate (rows/s) last measured by the partition's workers; read by admission."""
+        return f"{self.prefix}:{{{partition}}}:rate"
+
+    def alive(self, partition: str) -> str:
+        """Present (with a short TTL) while some worker consumes the partition: model readiness."""
+        return f"{self.prefix}:{{{partition}}}:alive"
+
     def result(self, request_id: str) -> str:
         return f"{self.prefix}:result:{request_id}"
 

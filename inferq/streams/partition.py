@@ -19,6 +19,7 @@ class Partition:
     dlq: str
     group: str
     rate_key: str
+    alive_key: str
 
     @classmethod
     def of(cls, names: Names, *, model: str, version: int) -> Partition:
@@ -30,7 +31,8 @@ class Partition:
             bulk=names.bulk_stream(key),
             dlq=names.dead_letters(key),
             group=names.group(key),
-            rate_key=f"{names.prefix}:{{{key}}}:rate",
+            rate_key=names.rate(key),
+            alive_key=names.alive(key),
         )
 
     @property
