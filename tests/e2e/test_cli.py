@@ -196,7 +196,8 @@ def test_dev_on_a_fresh_machine_with_embedded_services(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("INFERQ_")}
     env.update(INFERQ_STATE_DIR=str(tmp_path / "state"), INFERQ_MODEL_ROOT=str(tmp_path / "models"))
     first = inferq("dev", "--exit", env=env)
-    assert "wine@2" in first.stderr and "training demo model wine@2" in first.stderr
+    assert "wine@2" in first.stderr
+    assert "training demo model wine@2" in first.stderr
     again = inferq("dev", "--exit", env=env)  # idempotent: nothing retrained, nothing re-registered
     assert "training" not in again.stderr
     listed = json.loads(inferq("models", "list", env=env).stdout)
@@ -205,5 +206,6 @@ def test_dev_on_a_fresh_machine_with_embedded_services(tmp_path: Path) -> None:
     }  # fmt: skip
     assert {m["name"]: m["aliases"] for m in listed}["wine"] == {"default": {"2": 100}, "prod": {"1": 100}}
     out = json.loads(inferq("predict", "wine", "--input", json.dumps([WINE_RECORD]), env=env).stdout)
-    assert out["version"] == 2 and out["predictions"][0]["class_name"] == "class_0"
+    assert out["version"] == 2
+    assert out["predictions"][0]["class_name"] == "class_0"
     assert not (tmp_path / "state" / "redis" / "server.json").exists()  # the embedded Redis was stopped
