@@ -6,12 +6,16 @@ import asyncio
 import shlex
 import signal
 
+from sqlalchemy import text
+
 from inferq.cli import demo
+from inferq.cli.models import cache_locally
 from inferq.cli.output import say
 from inferq.cli.runtime import Runtime, opened
 from inferq.errors import ModelNotFound
 from inferq.settings import Settings
 
+SEED_LOCK = 0x696E666572710001  # "inferq" + 1: serialises concurrent `inferq dev` seeding
 EXAMPLE_WINE = (
     '[{"alcohol": 13.2, "malic_acid": 1.78, "ash": 2.14, "alcalinity_of_ash": 11.2, "magnesium": 100, '
     '"total_phenols": 2.65, "flavanoids": 2.76, "nonflavanoid_phenols": 0.26, "proanthocyanins": 1.28, '
@@ -32,7 +36,16 @@ async def run_dev(settings: Settings, *, exit_after_setup: bool = False) -> int:
 
 
 async def seed_demo_models(rt: Runtime) -> None:
-    """Register every demo version that is missing (idempotent across restarts)."""
+    """Register every demo version that is missing (idempotent; one seeder at a time)."""
+    async with rt.engine.connect() as conn:
+        await conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": SEED_LOCK})
+        try:
+            await _seed(rt)
+        finally:
+            await conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": SEED_LOCK})
+
+
+async def _seed(rt: Runtime) -> None:
     root = rt.artifacts.root / "demo"
     root.mkdir(parents=True, exist_ok=True)
     for name, version in demo.DEMO_MODELS:
@@ -50,7 +63,7 @@ async def seed_demo_models(rt: Runtime) -> None:
             description=model.description,
             aliases=model.aliases,
         )
-        rt.artifacts.write(registered.sha256, model.onnx)
+        cache_locally(rt, registered.sha256, model.onnx)
         if registered.version != version:
             say(f"note: {name} already had other versions; demo {name}@{version} is {registered.key}")
 

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from inferq.cli.output import emit, say
-from inferq.cli.runtime import opened
+from inferq.cli.runtime import Runtime, opened
 from inferq.errors import InvalidInput, InvalidModel
 from inferq.settings import Settings
 
@@ -32,10 +32,18 @@ async def import_file(
         version = await rt.registry.register(
             name=name, model=onnx, signature=signature, description=description, aliases=aliases
         )
-        rt.artifacts.write(version.sha256, onnx)
+        cache_locally(rt, version.sha256, onnx)
     say(f"registered {version.key} ({version.size_bytes} bytes, sha256 {version.sha256[:12]}…)")
     emit(version)
     return 0
+
+
+def cache_locally(rt: Runtime, sha256: str, onnx: bytes) -> None:
+    """Best effort: the artifact is already committed in Postgres; the local copy only saves a fetch."""
+    try:
+        rt.artifacts.write(sha256, onnx)
+    except OSError as exc:
+        say(f"warning: could not write the local model cache ({exc}); it will be fetched when needed")
 
 
 def read_model_file(

@@ -45,15 +45,19 @@ def parse_input(raw: str) -> Any:
     if raw.startswith("@"):
         source = raw[1:]
         try:
-            text = sys.stdin.read() if source == "-" else Path(source).read_text()
+            text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
         except OSError as exc:
             raise InvalidInput(f"cannot read input file {source!r}: {exc.strerror}", field="input") from None
+        except UnicodeDecodeError:
+            raise InvalidInput(f"input file {source!r} is not UTF-8 text", field="input") from None
     else:
         text = raw
     try:
         data = msgspec.json.decode(text)
     except msgspec.DecodeError as exc:
         raise InvalidInput(f"--input is not valid JSON: {exc}", field="input") from None
+    except RecursionError:
+        raise InvalidInput("--input nests too deeply", field="input") from None
     if isinstance(data, dict) and set(data) == {"inputs"}:
         return data["inputs"]  # the HTTP body shape {"inputs": [...]} works here too
     return data

@@ -10,11 +10,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from inferq.cli.output import say
 from inferq.embedded import started_services
-from inferq.errors import ServiceUnavailable
+from inferq.errors import InvalidInput, ServiceUnavailable
 from inferq.settings import ServiceSettings, Settings
 from inferq.store import migrate as schema
 from inferq.store.artifacts import LocalArtifactCache
-from inferq.store.database import create_engine, create_sessionmaker
+from inferq.store.database import async_url, create_engine, create_sessionmaker
 from inferq.store.registry import Registry
 
 
@@ -38,7 +38,7 @@ async def opened(settings: Settings, *, redis: bool = False) -> AsyncIterator[Ru
     """
     embedded_db = settings.services.database_url is None
     with started_services(settings.services, redis=redis) as services:
-        assert services.database_url is not None
+        _check_url(services.database_url)
         if embedded_db:
             await schema.upgrade(services.database_url)
         else:
@@ -60,10 +60,18 @@ async def opened(settings: Settings, *, redis: bool = False) -> AsyncIterator[Ru
 async def migrate(settings: Settings) -> int:
     """``inferq migrate``: upgrade the configured (or embedded) database to the latest revision."""
     with started_services(settings.services, redis=False) as services:
-        assert services.database_url is not None
+        _check_url(services.database_url)
         await schema.upgrade(services.database_url)
         say(f"database schema at revision {await schema.current(services.database_url)}")
     return 0
+
+
+def _check_url(url: str | None) -> str:
+    """A configuration mistake in the database URL is the user's to fix: a typed error, exit 2."""
+    try:
+        return async_url(url or "")
+    except ValueError as exc:
+        raise InvalidInput(f"INFERQ_DATABASE_URL: {exc}", field="INFERQ_DATABASE_URL") from None
 
 
 async def _require_current_schema(url: str) -> None:

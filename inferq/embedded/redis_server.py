@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -69,8 +70,14 @@ class EmbeddedRedis:
     def start(self, *, timeout: float = 10.0) -> EmbeddedRedis:
         """Start (or reuse) the server and wait until it answers PING."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        if self._reuse_running():
-            return self
+        # NOTE: two commands starting at once in one state dir must end up sharing one server.
+        with (self.data_dir / ".lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not self._reuse_running():
+                self._spawn(timeout)
+        return self
+
+    def _spawn(self, timeout: float) -> None:
         self.port = self.port or free_port()
         args = [
             str(find_redis_binary()),
@@ -84,7 +91,6 @@ class EmbeddedRedis:
         log.close()
         self._wait_ready(timeout)
         self._record().write_text(json.dumps({"pid": self._proc.pid, "port": self.port}))
-        return self
 
     def stop(self, *, timeout: float = 10.0) -> None:
         """Stop the server if this object started it (a borrowed server is left running)."""

@@ -209,3 +209,17 @@ def test_dev_on_a_fresh_machine_with_embedded_services(tmp_path: Path) -> None:
     assert out["version"] == 2
     assert out["predictions"][0]["class_name"] == "class_0"
     assert not (tmp_path / "state" / "redis" / "server.json").exists()  # the embedded Redis was stopped
+
+
+def test_two_dev_commands_at_once_share_services_and_seed_once(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INFERQ_")}
+    env.update(INFERQ_STATE_DIR=str(tmp_path / "state"), INFERQ_MODEL_ROOT=str(tmp_path / "models"))
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "inferq", "dev", "--exit"], env=env, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    logs = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    assert sum(log.count("training demo model") for log in logs) == 4  # each demo model trained once
+    listed = json.loads(inferq("models", "list", env=env).stdout)
+    assert {m["name"]: [v["version"] for v in m["versions"]] for m in listed}["wine"] == [1, 2]
