@@ -7,7 +7,7 @@ from typing import Any
 
 from inferq.cli.output import emit, say
 from inferq.cli.runtime import Runtime, opened
-from inferq.errors import InvalidInput, InvalidModel
+from inferq.errors import InvalidInput, InvalidModel, ModelLoadFailed
 from inferq.settings import Settings
 
 ONNX_SUFFIXES = (".onnx",)
@@ -25,9 +25,13 @@ async def import_file(
 ) -> int:
     """Register a local ONNX file, or a scikit-learn file converted to ONNX, as the next version."""
     onnx = read_model_file(Path(path), feature_names=feature_names, class_names=class_names, description=description)
-    from inferq.engine import read_signature
+    from inferq.engine.validate import validate_model
 
-    signature = read_signature(onnx)
+    # Load it once here (size cap, ONNX Runtime, warm-up run): a model that cannot be served is never registered.
+    try:
+        signature = validate_model(onnx, settings=settings.engine)
+    except ModelLoadFailed as exc:  # deterministic for this file: the file is the problem, not the moment
+        raise InvalidModel(exc.message, **exc.details) from None
     async with opened(settings) as rt:
         version = await rt.registry.register(
             name=name, model=onnx, signature=signature, description=description, aliases=aliases

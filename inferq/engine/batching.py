@@ -8,6 +8,7 @@ from itertools import pairwise
 import numpy as np
 
 from inferq.errors import InferenceFailed
+from inferq.inputs import batch_size
 
 
 def stack(requests: Sequence[Mapping[str, np.ndarray]]) -> tuple[dict[str, np.ndarray], list[int]]:
@@ -20,7 +21,7 @@ def stack(requests: Sequence[Mapping[str, np.ndarray]]) -> tuple[dict[str, np.nd
         raise ValueError("stack needs at least one request")
     offsets = [0]
     for feeds in requests:
-        offsets.append(offsets[-1] + _rows(feeds))
+        offsets.append(offsets[-1] + batch_size(feeds))
     first = requests[0]
     if len(requests) == 1:
         return dict(first), offsets
@@ -38,16 +39,17 @@ def split(outputs: Mapping[str, np.ndarray], offsets: Sequence[int]) -> list[dic
     An output whose first dimension is not the batch (e.g. a scalar) cannot be split:
     ``InferenceFailed``.
     """
-    total = offsets[-1]
-    for name, array in outputs.items():
-        if array.ndim == 0 or array.shape[0] != total:
-            got = "a scalar" if array.ndim == 0 else f"{array.shape[0]} rows"
-            raise InferenceFailed(f"output {name!r} has {got} for a batch of {total}; it is not batch-major")
+    check_rows(outputs, rows=offsets[-1])
     bounds = list(pairwise(offsets))
     return [{name: array[start:stop] for name, array in outputs.items()} for start, stop in bounds]
 
 
-def _rows(feeds: Mapping[str, np.ndarray]) -> int:
-    for array in feeds.values():
-        return int(array.shape[0])
-    raise ValueError("a request has no inputs")
+def check_rows(outputs: Mapping[str, np.ndarray], *, rows: int) -> None:
+    """Every output has exactly ``rows`` rows, else ``InferenceFailed`` naming it.
+
+    NOTE: a model may declare ``[None, …]`` outputs yet return another row count at run time.
+    """
+    for name, array in outputs.items():
+        if array.ndim == 0 or array.shape[0] != rows:
+            got = "a scalar" if array.ndim == 0 else f"{array.shape[0]} rows"
+            raise InferenceFailed(f"output {name!r} has {got} for a batch of {rows}; it is not batch-major")

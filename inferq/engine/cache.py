@@ -13,20 +13,23 @@ from inferq.settings import EngineSettings
 
 
 class _Loading:
-    """A per-key lock and how many threads hold or wait for it (removed when none do)."""
+    """One in-flight load: threads asking for the same key meanwhile wait for its outcome."""
 
-    __slots__ = ("lock", "users")
+    __slots__ = ("done", "error", "runner")
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.users = 0
+        self.done = threading.Event()
+        self.runner: Runner | None = None
+        self.error: BaseException | None = None
 
 
 class ModelCache:
-    """At most ``settings.cache_size`` runners, least recently used evicted (and closed) first.
+    """At most ``settings.cache_size`` runners, least recently used dropped first.
 
-    Thread-safe. Concurrent first calls for one key load it once; other keys are not blocked
-    meanwhile. Failed loads are not cached: the next call tries again.
+    Thread-safe. Concurrent first calls for one key load it once and share the outcome, a failure
+    included; other keys are not blocked meanwhile. Failed loads are not cached: a later call tries
+    again. The cache never closes a runner: another thread may still be running it, so a dropped
+    runner's session is freed when its last user lets go of it.
     """
 
     def __init__(self, *, settings: EngineSettings) -> None:
@@ -46,43 +49,23 @@ class ModelCache:
             runner = self._hit(key)
             if runner is not None:
                 return runner
-            loading = self._loading.setdefault(key, _Loading())
-            loading.users += 1
-        try:
-            with loading.lock:
-                with self._lock:
-                    runner = self._hit(key)
-                if runner is not None:
-                    return runner  # another thread loaded it while this one waited
-                runner = self._load(key, load_bytes)
-                with self._lock:
-                    self._runners[key] = runner
-                    evicted = self._trim()
-        finally:
-            with self._lock:
-                loading.users -= 1
-                if loading.users == 0:
-                    del self._loading[key]
-        for old in evicted:
-            old.close()
-        return runner
+            loading = self._loading.get(key)
+            first = loading is None
+            if loading is None:
+                loading = self._loading[key] = _Loading()
+        if first:
+            return self._load_for_all(key, load_bytes, loading)
+        return _outcome(loading, key=key)
 
     def evict(self, sha256: str) -> bool:
-        """Drop and close one runner; whether it was cached."""
+        """Drop one runner (threads holding it may finish); whether it was cached."""
         with self._lock:
-            runner = self._runners.pop(sha256.lower(), None)
-        if runner is None:
-            return False
-        runner.close()
-        return True
+            return self._runners.pop(sha256.lower(), None) is not None
 
     def clear(self) -> None:
-        """Drop and close every runner (at shutdown)."""
+        """Drop every runner."""
         with self._lock:
-            runners = list(self._runners.values())
             self._runners.clear()
-        for runner in runners:
-            runner.close()
 
     def __contains__(self, sha256: object) -> bool:
         return isinstance(sha256, str) and sha256.lower() in self._runners
@@ -96,12 +79,22 @@ class ModelCache:
             self._runners.move_to_end(key)
         return runner
 
-    def _trim(self) -> list[Runner]:
-        evicted: list[Runner] = []
-        while len(self._runners) > self._capacity:
-            _, runner = self._runners.popitem(last=False)
-            evicted.append(runner)
-        return evicted
+    def _load_for_all(self, key: str, load_bytes: Callable[[], bytes], loading: _Loading) -> Runner:
+        """Load ``key`` in this thread and publish the runner or the error to ``loading``'s waiters."""
+        try:
+            runner = loading.runner = self._load(key, load_bytes)
+        except BaseException as exc:
+            loading.error = exc
+            raise
+        finally:
+            with self._lock:
+                del self._loading[key]  # the next call after a failure starts a new attempt
+                if loading.runner is not None:
+                    self._runners[key] = loading.runner
+                    while len(self._runners) > self._capacity:
+                        self._runners.popitem(last=False)
+            loading.done.set()
+        return runner
 
     def _load(self, key: str, load_bytes: Callable[[], bytes]) -> Runner:
         try:
@@ -118,3 +111,15 @@ class ModelCache:
                 actual=actual,
             )
         return Runner.load(model, settings=self._settings)
+
+
+def _outcome(loading: _Loading, *, key: str) -> Runner:
+    """Wait for another thread's load of ``key``: its runner, or a fresh copy of its error."""
+    loading.done.wait()
+    if loading.runner is not None:
+        return loading.runner
+    error = loading.error
+    # NOTE: a copy per waiter: one exception object raised in many threads shares one traceback.
+    if isinstance(error, InferqError):
+        raise type(error)(error.message, **error.details) from error
+    raise ModelLoadFailed(f"loading model {key[:12]} failed: {error!r}", sha256=key) from error

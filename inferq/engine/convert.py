@@ -10,7 +10,7 @@ from typing import Any
 import onnx
 
 from inferq.engine import metadata
-from inferq.engine.signature import read_signature
+from inferq.engine.signature import first_line, read_signature
 from inferq.errors import InvalidModel
 
 TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
@@ -43,7 +43,7 @@ def convert_sklearn(
     try:
         check_is_fitted(estimator)
     except Exception as exc:  # NotFittedError, or TypeError for something that is not an estimator
-        raise InvalidModel(f"cannot convert {kind}: {_first_line(exc)}") from None
+        raise InvalidModel(f"cannot convert {kind}: {first_line(exc)}") from None
     fitted_width = getattr(estimator, "n_features_in_", n_features)
     if fitted_width != n_features:
         raise InvalidModel(f"{kind} was fitted on {fitted_width} features, not n_features={n_features}")
@@ -61,7 +61,7 @@ def convert_sklearn(
             target_opset=TARGET_OPSET,
         )
     except Exception as exc:
-        raise InvalidModel(f"cannot convert {kind} to ONNX: {_first_line(exc)}") from None
+        raise InvalidModel(f"cannot convert {kind} to ONNX: {first_line(exc)}") from None
     props = _props(feature_names=feature_names, class_names=class_names, classes=classes)
     props[metadata.TASK] = "classifier" if classifier else "regressor" if is_regressor(final) else "tensor"
     onnx.helper.set_model_props(proto, props)
@@ -86,7 +86,7 @@ def load_sklearn_file(path: str | Path) -> Any:
     except OSError as exc:
         raise InvalidModel(f"cannot read {path}: {exc.strerror or exc}") from None
     except Exception as exc:  # UnpicklingError, KeyError, EOFError, ModuleNotFoundError, ...
-        raise InvalidModel(f"{path} is not a scikit-learn pickle or joblib file: {_first_line(exc)}") from None
+        raise InvalidModel(f"{path} is not a scikit-learn pickle or joblib file: {first_line(exc)}") from None
     if not hasattr(estimator, "predict"):
         raise InvalidModel(f"{path} holds a {type(estimator).__name__}, not a scikit-learn estimator")
     return estimator
@@ -105,8 +105,3 @@ def _props(
     ):
         props[metadata.CLASSES] = json.dumps(classes)
     return props
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

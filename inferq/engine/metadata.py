@@ -15,13 +15,15 @@ ALLOW_NAN = "inferq.allow_nan"  # "true" lets NaN/inf inputs through validation
 TASK = "inferq.task"  # "classifier" | "regressor" | "tensor": overrides detection
 
 
-def read_strings(props: Mapping[str, str], key: str) -> tuple[str, ...] | None:
-    """A JSON list of strings, or ``None`` when the prop is absent."""
+def read_strings(props: Mapping[str, str], key: str, *, unique: bool = False) -> tuple[str, ...] | None:
+    """A JSON list of strings (``unique``: without repeats), or ``None`` when the prop is absent."""
     value = _load(props, key)
     if value is None:
         return None
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         raise InvalidModel(f"metadata {key} must be a JSON list of strings")
+    if unique:
+        _check_unique(key, value, what="names")
     return tuple(value)
 
 
@@ -30,11 +32,11 @@ def read_classes(props: Mapping[str, str]) -> tuple[int, ...] | tuple[str, ...] 
     value = _load(props, CLASSES)
     if value is None:
         return None
-    if isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-        return tuple(value)
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return tuple(value)
-    raise InvalidModel(f"metadata {CLASSES} must be a JSON list of integers or of strings")
+    integers = isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    if not integers and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+        raise InvalidModel(f"metadata {CLASSES} must be a JSON list of integers or of strings")
+    _check_unique(CLASSES, value, what="labels")
+    return tuple(value)
 
 
 def read_flag(props: Mapping[str, str], key: str) -> bool:
@@ -43,6 +45,15 @@ def read_flag(props: Mapping[str, str], key: str) -> bool:
     if raw not in ("true", "false", "1", "0"):
         raise InvalidModel(f"metadata {key} must be true or false, got {raw!r}")
     return raw in ("true", "1")
+
+
+def _check_unique(key: str, values: list[Any], *, what: str) -> None:
+    # NOTE: names key dicts (records, probabilities): a repeat would silently drop a column.
+    seen: set[Any] = set()
+    for value in values:
+        if value in seen:
+            raise InvalidModel(f"metadata {key} has duplicate {what}: {value!r}")
+        seen.add(value)
 
 
 def _load(props: Mapping[str, str], key: str) -> Any:

@@ -9,9 +9,10 @@ import numpy as np
 import onnxruntime as ort
 
 from inferq.contracts.models import ModelSignature
-from inferq.engine.signature import read_signature
+from inferq.engine.batching import check_rows
+from inferq.engine.signature import first_line, read_signature
 from inferq.errors import InferenceFailed, InvalidModel, ModelLoadFailed
-from inferq.inputs import NUMPY_DTYPES
+from inferq.inputs import NUMPY_DTYPES, batch_size
 from inferq.settings import EngineSettings
 
 # NOTE: named explicitly; ORT also lists AzureExecutionProvider as available.
@@ -41,7 +42,7 @@ class Runner:
         try:
             session = ort.InferenceSession(model, sess_options=session_options(settings), providers=PROVIDERS)
         except Exception as exc:
-            raise ModelLoadFailed(f"ONNX Runtime could not load the model: {_first_line(exc)}") from exc
+            raise ModelLoadFailed(f"ONNX Runtime could not load the model: {first_line(exc)}") from exc
         runner = cls(session, signature)
         try:
             runner.run(warm_up_feeds(signature))
@@ -52,15 +53,17 @@ class Runner:
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run validated feeds (a dict, as ``inputs.to_feeds`` returns); every output by name.
 
-        ONNX Runtime errors raise ``InferenceFailed``.
+        ONNX Runtime errors, and outputs without one row per input row, raise ``InferenceFailed``.
         """
         try:
             values = self._session.run(self._output_names, feeds)
         except Exception as exc:
             if self._session is None:
-                raise ModelLoadFailed("the model was unloaded from the cache; get it again") from None
-            raise InferenceFailed(f"ONNX Runtime failed: {_first_line(exc)}") from exc
-        return dict(zip(self._output_names, values, strict=True))
+                raise ModelLoadFailed("the model was closed; load it again") from None
+            raise InferenceFailed(f"ONNX Runtime failed: {first_line(exc)}") from exc
+        outputs = dict(zip(self._output_names, values, strict=True))
+        check_rows(outputs, rows=batch_size(feeds))
+        return outputs
 
     def close(self) -> None:
         """Release the session; a later ``run`` raises ``ModelLoadFailed`` (retryable)."""
@@ -91,8 +94,3 @@ def warm_up_feeds(signature: ModelSignature) -> dict[str, np.ndarray]:
         else:
             feeds[spec.name] = np.zeros(shape, dtype=NUMPY_DTYPES[spec.dtype])
     return feeds
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -7,8 +7,10 @@ from onnx import TensorProto
 
 from inferq.contracts.models import DType, ModelSignature, TensorSpec
 from inferq.engine import metadata
+from inferq.engine.guards import check_domains, check_external_data
 from inferq.engine.tasks import check_classes, detect_task
 from inferq.errors import InvalidModel
+from inferq.inputs import shape_text
 
 _DTYPES: dict[int, DType] = {
     TensorProto.FLOAT: "float32",
@@ -25,9 +27,9 @@ _LABEL_ATTRIBUTES = ("classlabels_ints", "classlabels_int64s", "classlabels_stri
 def read_signature(model: bytes) -> ModelSignature:
     """Parse and check an ONNX model and describe what it takes and returns.
 
-    Raises ``InvalidModel`` for bytes that are not ONNX, inputs without a dynamic batch
-    dimension, non-tensor outputs (ZipMap), unsupported element types and bad ``inferq.*``
-    metadata props.
+    Raises ``InvalidModel`` for bytes that are not ONNX, external data or custom operator
+    domains anywhere in the model, inputs or outputs without a dynamic batch dimension,
+    non-tensor outputs (ZipMap), unsupported element types and bad ``inferq.*`` metadata props.
     """
     return describe_model(parse_model(model))
 
@@ -39,15 +41,13 @@ def parse_model(model: bytes) -> onnx.ModelProto:
     try:
         proto = onnx.load_model_from_string(model)
     except Exception as exc:  # DecodeError, and whatever else protobuf raises on junk
-        raise InvalidModel(f"not a valid ONNX model: {_first_line(exc)}") from None
-    for tensor in proto.graph.initializer:
-        # NOTE: external data would make ONNX Runtime read files named by the model's author.
-        if tensor.data_location == TensorProto.EXTERNAL:
-            raise InvalidModel(f"initializer {tensor.name!r} uses external data; embed the weights instead")
+        raise InvalidModel(f"not a valid ONNX model: {first_line(exc)}") from None
+    check_external_data(proto)
+    check_domains(proto)
     try:
         onnx.checker.check_model(proto)
     except Exception as exc:  # ValidationError, or a checker crash on a malformed graph
-        raise InvalidModel(f"not a valid ONNX model: {_first_line(exc)}") from None
+        raise InvalidModel(f"not a valid ONNX model: {first_line(exc)}") from None
     return proto
 
 
@@ -60,18 +60,26 @@ def describe_model(proto: onnx.ModelProto) -> ModelSignature:
     if not inputs:
         raise InvalidModel("the model has no inputs")
     for spec in inputs:
-        if not spec.shape or spec.shape[0] is not None:
+        if not _batch_major(spec):
             raise InvalidModel(
-                f"input {spec.name!r} has no dynamic batch dimension (shape {_shape_text(spec.shape)}); "
+                f"input {spec.name!r} has no dynamic batch dimension (shape {shape_text(spec.shape)}); "
                 "export it with a dynamic first dimension, e.g. [None, n_features]",
                 input=spec.name,
             )
+    for spec in outputs:
+        # NOTE: predictions are one per row: an output without rows cannot be split or answered.
+        if not _batch_major(spec):
+            raise InvalidModel(
+                f"output {spec.name!r} has no dynamic batch dimension (shape {shape_text(spec.shape)}); "
+                "every output needs one row per input row, e.g. [None] or [None, n_classes]",
+                output=spec.name,
+            )
     props = {prop.key: prop.value for prop in proto.metadata_props}
-    feature_names = metadata.read_strings(props, metadata.FEATURE_NAMES)
+    feature_names = metadata.read_strings(props, metadata.FEATURE_NAMES, unique=True)
     if feature_names is not None:
         _check_feature_names(feature_names, inputs)
     classes = metadata.read_classes(props) or _node_classes(graph)
-    class_names = metadata.read_strings(props, metadata.CLASS_NAMES)
+    class_names = metadata.read_strings(props, metadata.CLASS_NAMES, unique=True)
     roles = detect_task(outputs, declared=props.get(metadata.TASK))
     if roles.probabilities_output is not None:
         probabilities = next(spec for spec in outputs if spec.name == roles.probabilities_output)
@@ -116,6 +124,10 @@ def _spec(value: onnx.ValueInfoProto, *, role: str) -> TensorSpec:
     return TensorSpec(name=value.name, dtype=dtype, shape=shape)
 
 
+def _batch_major(spec: TensorSpec) -> bool:
+    return bool(spec.shape) and spec.shape[0] is None
+
+
 def _check_feature_names(names: tuple[str, ...], inputs: tuple[TensorSpec, ...]) -> None:
     if len(inputs) != 1 or len(inputs[0].shape) != 2:
         raise InvalidModel("metadata inferq.feature_names needs a model with one 2-D input")
@@ -124,8 +136,6 @@ def _check_feature_names(names: tuple[str, ...], inputs: tuple[TensorSpec, ...])
         raise InvalidModel(
             f"metadata inferq.feature_names has {len(names)} names but input {inputs[0].name!r} has {width} columns"
         )
-    if len(set(names)) != len(names):
-        raise InvalidModel("metadata inferq.feature_names has duplicate names")
 
 
 def _node_classes(graph: onnx.GraphProto) -> tuple[int, ...] | tuple[str, ...] | None:
@@ -160,10 +170,7 @@ def _elem_name(elem_type: int) -> str:
         return f"type {elem_type}"
 
 
-def _shape_text(shape: tuple[int | None, ...]) -> str:
-    return "[" + ", ".join("None" if d is None else str(d) for d in shape) + "]"
-
-
-def _first_line(exc: Exception) -> str:
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's text (ONNX and ORT messages run on), else its class name."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__

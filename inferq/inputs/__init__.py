@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from inferq.inputs.arrays import check_feeds
+from inferq.inputs.arrays import check_feeds, shape_text
 from inferq.inputs.cells import NUMPY_DTYPES
 from inferq.inputs.feeds import batch_size, to_feeds
 from inferq.inputs.limits import MAX_ELEMENTS
@@ -15,5 +15,6 @@ __all__ = [
     "check_feeds",
     "decode_tensors",
     "encode_tensors",
+    "shape_text",
     "to_feeds",
 ]

@@ -88,11 +88,16 @@ def check_shape(shape: tuple[int, ...], spec: TensorSpec) -> None:
 
 def shape_error(spec: TensorSpec, problem: str, index: tuple[int, ...]) -> InvalidInput:
     """An error naming the input, its expected shape and what is wrong."""
-    expected = "[" + ", ".join("None" if d is None else str(d) for d in spec.shape) + "]"
+    expected = shape_text(spec.shape)
     details: dict[str, Any] = {"field": spec.name, "expected_shape": expected}
     if index:
         details["row"] = index[0]
     return InvalidInput(f"input {spec.name!r}: expected shape {expected}; {problem}", **details)
+
+
+def shape_text(shape: tuple[int | None, ...]) -> str:
+    """A shape as users write it: ``[None, 4]``."""
+    return "[" + ", ".join("None" if d is None else str(d) for d in shape) + "]"
 
 
 def cell_error(spec: TensorSpec, index: tuple[int, ...], reason: str) -> InvalidInput:

@@ -223,3 +223,12 @@ def test_two_dev_commands_at_once_share_services_and_seed_once(tmp_path: Path) -
     assert sum(log.count("training demo model") for log in logs) == 4  # each demo model trained once
     listed = json.loads(inferq("models", "list", env=env).stdout)
     assert {m["name"]: [v["version"] for v in m["versions"]] for m in listed}["wine"] == [1, 2]
+
+
+def test_model_over_the_size_cap_is_not_registered(cli_env: dict[str, str], name: str, tmp_path: Path) -> None:
+    (tmp_path / "iris.onnx").write_bytes(build("iris", 1).onnx)
+    env = {**cli_env, "INFERQ_MAX_MODEL_BYTES": "100"}
+    proc = inferq("models", "import", str(tmp_path / "iris.onnx"), "--name", name, env=env, check=False)
+    assert (proc.returncode, error_of(proc)["code"]) == (2, "invalid_model")
+    assert "over the limit of 100" in error_of(proc)["message"]
+    assert error_of(inferq("models", "show", name, env=cli_env, check=False))["code"] == "model_not_found"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import threading
 import time
 from typing import Any
@@ -13,7 +14,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from inferq.engine import ModelCache, Runner
-from inferq.errors import ModelLoadFailed, ModelNotFound
+from inferq.errors import InvalidModel, ModelLoadFailed, ModelNotFound
 from inferq.settings import EngineSettings
 
 
@@ -109,20 +110,26 @@ def test_a_slow_load_does_not_block_other_keys(models: list[bytes]) -> None:
     assert len(cache) == 2
 
 
-def test_least_recently_used_is_evicted_and_closed(models: list[bytes]) -> None:
+def test_least_recently_used_is_evicted(models: list[bytes]) -> None:
     cache = ModelCache(settings=EngineSettings(cache_size=2))
     a, b, c = (sha(m) for m in models[:3])
     runner_a = cache.get(a, lambda: models[0])
-    runner_b = cache.get(b, lambda: models[1])
+    cache.get(b, lambda: models[1])
     assert cache.get(a, lambda: models[0]) is runner_a  # a is now the most recent
     cache.get(c, lambda: models[2])
     assert len(cache) == 2
     assert (a in cache, b in cache, c in cache) == (True, False, True)
-    with pytest.raises(ModelLoadFailed, match="unloaded"):
-        runner_b.run({"x": np.zeros((1, 2), np.float32)})
-    assert runner_a.run({"x": np.ones((1, 2), np.float32)})["y"].tolist() == [[1, 1]]
     cache.get(sha(models[3]), lambda: models[3])
     assert (a in cache, c in cache) == (False, True)  # a was least recent after c was added
+
+
+def test_a_runner_held_across_its_eviction_still_runs(models: list[bytes]) -> None:
+    """A worker may get a runner, stack a batch, and run it after other loads evicted it."""
+    cache = ModelCache(settings=EngineSettings(cache_size=1))
+    held = cache.get(sha(models[0]), lambda: models[0])
+    cache.get(sha(models[1]), lambda: models[1])
+    assert sha(models[0]) not in cache
+    assert held.run({"x": np.ones((2, 2), np.float32)})["y"].tolist() == [[1, 1], [1, 1]]
 
 
 def test_sha_mismatch_raises_and_caches_nothing(models: list[bytes]) -> None:
@@ -165,14 +172,66 @@ def test_domain_errors_from_load_bytes_pass_through(models: list[bytes]) -> None
     assert len(cache) == 0
 
 
-def test_evict_and_clear(models: list[bytes]) -> None:
+def test_evict_and_clear_drop_runners_without_closing_them(models: list[bytes]) -> None:
     cache = ModelCache(settings=EngineSettings(cache_size=4))
-    runner = cache.get(sha(models[0]), lambda: models[0])
-    cache.get(sha(models[1]), lambda: models[1])
+    first = cache.get(sha(models[0]), lambda: models[0])
+    second = cache.get(sha(models[1]), lambda: models[1])
     assert cache.evict(sha(models[0])) is True
     assert cache.evict(sha(models[0])) is False
     assert len(cache) == 1
-    with pytest.raises(ModelLoadFailed):
-        runner.run({"x": np.zeros((1, 2), np.float32)})
     cache.clear()
     assert len(cache) == 0
+    for runner in (first, second):
+        assert runner.run({"x": np.zeros((1, 2), np.float32)})["y"].tolist() == [[0, 0]]
+    load = Counting(models[0])
+    assert cache.get(sha(models[0]), load) is not first  # loaded afresh
+    assert load.calls == 1
+
+
+@pytest.mark.parametrize(
+    ("fail", "error", "message"),
+    [
+        ("raise", ModelLoadFailed, r"^could not read model \w+: disk on fire$"),
+        ("junk", InvalidModel, "^not a valid ONNX model: "),
+    ],
+)
+def test_a_failed_load_is_reported_to_every_waiter_then_retried(
+    fail: str, error: type[Exception], message: str, models: list[bytes]
+) -> None:
+    junk = b"not onnx at all"
+    key = sha(junk) if fail == "junk" else sha(models[0])
+
+    class Failing(Counting):
+        def __call__(self) -> bytes:
+            super().__call__()
+            if fail == "raise":
+                raise OSError("disk on fire")
+            return junk
+
+    cache = ModelCache(settings=EngineSettings(cache_size=2))
+    load = Failing(models[0], delay=0.1)
+    barrier = threading.Barrier(20)
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        barrier.wait()
+        try:
+            cache.get(key, load)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=call) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert load.calls == 1  # one attempt, shared by all 20 callers
+    assert len(errors) == 20
+    assert all(type(exc) is error for exc in errors)
+    assert all(re.search(message, str(exc)) for exc in errors)
+    assert len({id(exc) for exc in errors}) == 20  # each thread raises its own copy
+    assert cache._loading == {}
+    assert len(cache) == 0
+    with pytest.raises(error):
+        cache.get(key, load)
+    assert load.calls == 2  # a call after the failure tries again

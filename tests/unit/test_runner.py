@@ -67,7 +67,7 @@ def test_closed_runner_raises_retryable_load_failure(iris_lr: Any) -> None:
     runner = Runner.load(iris_lr.onnx, settings=SETTINGS)
     assert runner.run({"input": iris_lr.x[:1]})["label"].tolist() == [0]
     runner.close()
-    with pytest.raises(ModelLoadFailed, match="unloaded") as caught:
+    with pytest.raises(ModelLoadFailed, match="the model was closed") as caught:
         runner.run({"input": iris_lr.x[:1]})
     assert caught.value.retryable is True
 
@@ -80,16 +80,18 @@ def test_invalid_file_is_invalid_model(iris_lr: Any) -> None:
         Runner.load(iris_lr.onnx, settings=small)
 
 
-def test_unknown_operator_is_model_load_failed(onnx_model: Any) -> None:
-    graph = helper.make_graph(
-        [helper.make_node("Frobnicate", ["x"], ["y"], domain="com.example")], "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 2])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 2])],
-    )  # fmt: skip
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)])
-    model.ir_version = 8
-    with pytest.raises(ModelLoadFailed, match=r"ONNX Runtime could not load the model: .*Frobnicate"):
-        Runner.load(model.SerializeToString(), settings=SETTINGS)
+def test_model_onnx_runtime_cannot_load_is_model_load_failed(onnx_model: Any) -> None:
+    """Float plus int64 passes ONNX's checker (no type inference) but not ORT's."""
+    model = onnx_model(
+        [("x", TensorProto.FLOAT, [None, 2])],
+        [("y", TensorProto.FLOAT, [None, 2])],
+        [
+            helper.make_node("Constant", [], ["two"], value=helper.make_tensor("two", TensorProto.INT64, [], [2])),
+            helper.make_node("Add", ["x", "two"], ["y"]),
+        ],
+    )
+    with pytest.raises(ModelLoadFailed, match=r"ONNX Runtime could not load the model: .*Type Error"):
+        Runner.load(model, settings=SETTINGS)
 
 
 def test_model_failing_its_warm_up_is_model_load_failed(onnx_model: Any) -> None:
@@ -116,3 +118,21 @@ def test_string_and_int_inputs_warm_up(onnx_model: Any) -> None:
     out = runner.run({"s": np.array(["a", "b"], dtype=object), "i": np.array([[1, 2], [3, 4]])})
     assert out["s2"].tolist() == ["a", "b"]
     assert out["i2"].tolist() == [[1, 2], [3, 4]]
+
+
+def test_outputs_must_have_one_row_per_input_row(onnx_model: Any) -> None:
+    """Column sums kept as ``[1, 3]`` while declaring ``[None, 3]``: right at batch 1, wrong after."""
+    model = onnx_model(
+        [("x", TensorProto.FLOAT, [None, 3])],
+        [("y", TensorProto.FLOAT, [None, 3])],
+        [
+            helper.make_node("Constant", [], ["axes"], value=helper.make_tensor("a", TensorProto.INT64, [1], [0])),
+            helper.make_node("ReduceSum", ["x", "axes"], ["y"], keepdims=1),
+        ],
+    )
+    runner = Runner.load(model, settings=SETTINGS)  # the batch-1 warm-up cannot tell
+    assert runner.run({"x": np.ones((1, 3), np.float32)})["y"].tolist() == [[1, 1, 1]]
+    with pytest.raises(InferenceFailed, match=r"^output 'y' has 1 rows for a batch of 2; it is not batch-major$"):
+        runner.run({"x": np.ones((2, 3), np.float32)})
+    with pytest.raises(InferenceFailed, match="output 'y' has 1 rows for a batch of 4"):
+        predict(runner, [[1, 2, 3]] * 4)

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from inferq.engine import read_signature
 from inferq.errors import InvalidModel
@@ -171,7 +171,28 @@ BAD_MODELS: list[tuple[str, Any, str]] = [
     ("bad allow_nan", lambda m, iris: float_model(m, [None, 2], props={"inferq.allow_nan": "maybe"}),
      "metadata inferq.allow_nan must be true or false, got 'maybe'"),
     ("external data", lambda m, iris: external_data_model(), "initializer 'w' uses external data"),
+    ("fixed output", lambda m, iris: column_sums_model(), "output 'y' has no dynamic batch dimension (shape [3])"),
+    ("scalar output", lambda m, iris: m([("x", TensorProto.FLOAT, [None, 2])], [("y", TensorProto.FLOAT, [])],
+                                        [helper.make_node("ReduceSum", ["x"], ["y"], keepdims=0)]),
+     "output 'y' has no dynamic batch dimension (shape [])"),
+    ("duplicate class names", lambda m, iris: _with_props(iris, {"inferq.class_names": '["a", "b", "a"]'}),
+     "metadata inferq.class_names has duplicate names: 'a'"),
+    ("duplicate classes", lambda m, iris: _with_props(iris, {"inferq.classes": "[0, 1, 1]"}),
+     "metadata inferq.classes has duplicate labels: 1"),
 ]  # fmt: skip
+
+
+def column_sums_model() -> bytes:
+    """float32 ``[None, 3]`` → its column sums, a fixed ``[3]``: no row per input row."""
+    axes = numpy_helper.from_array(np.array([0], dtype=np.int64), "axes")
+    graph = helper.make_graph(
+        [helper.make_node("ReduceSum", ["x", "axes"], ["y"], keepdims=0)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])], [axes],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
 
 
 def _with_props(model: bytes, extra: dict[str, str]) -> bytes:
@@ -187,3 +208,9 @@ def test_bad_model_is_invalid_model(build: Any, message: str, onnx_model: Any, i
         read_signature(build(onnx_model, iris_lr.onnx))
     assert caught.value.code == "invalid_model"
     assert message in caught.value.message
+
+
+def test_bad_model_error_names_the_output() -> None:
+    with pytest.raises(InvalidModel) as caught:
+        read_signature(column_sums_model())
+    assert caught.value.details == {"output": "y"}
