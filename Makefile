@@ -23,8 +23,8 @@ dev: $(STAMP)
 test: lint typecheck imports pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check inferq tests bench
-	$(BIN)/ruff format --check inferq tests bench
+	$(BIN)/ruff check inferq tests bench examples
+	$(BIN)/ruff format --check inferq tests bench examples
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -6,6 +6,7 @@
     │   ├── VersionNotFound          version_not_found
     │   └── AliasNotFound            alias_not_found
     ├── InvalidInput                 invalid_input
+    ├── MalformedRequest             malformed_request
     ├── InvalidModel                 invalid_model
     ├── Conflict                     conflict
     ├── ModelLoadFailed              model_load_failed    yes
@@ -58,6 +59,12 @@ class InvalidInput(InferqError):
     """The caller's input does not fit the model's signature; never retried."""
 
     code = "invalid_input"
+
+
+class MalformedRequest(InferqError):
+    """A request that cannot be read at all: unparsable body or header, unknown body field."""
+
+    code = "malformed_request"
 
 
 class InvalidModel(InferqError):

@@ -55,12 +55,30 @@ class QueueSettings(msgspec.Struct, frozen=True, kw_only=True):
     result_ttl_s: int = 86_400
     result_short_ttl_s: int = 0  # 0 = 2 x wait_max_s
     discovery_interval_s: float = 2.0
+    restart_backoff_ms: int = 500
+    restart_backoff_max_ms: int = 30_000
+    shutdown_grace_s: float = 60.0
+    # Diagnostics: when set, workers append one JSON line per run attempt to this file (fault tests).
+    run_ledger: str | None = None
+
+
+class ApiSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """The HTTP API: request limits, the model catalog's refresh, health checks, shutdown."""
+
+    max_body_bytes: int = 10 * 1024 * 1024
+    max_elements: int = 1_000_000  # values per request across all inputs
+    deadline_max_s: float = 86_400.0  # the largest Cancel-After accepted
+    catalog_refresh_s: float = 2.0
+    catalog_miss_refresh_s: float = 1.0  # a miss refreshes the catalog at most this often
+    health_timeout_s: float = 1.0
+    shutdown_timeout_s: float = 10.0  # uvicorn's graceful shutdown after waiters were answered
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     services: ServiceSettings = ServiceSettings()
     engine: EngineSettings = EngineSettings()
     queue: QueueSettings = QueueSettings()
+    api: ApiSettings = ApiSettings()
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: str = "info"
@@ -71,7 +89,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         """Read every ``INFERQ_*`` variable; unknown or malformed ones are a clear error."""
         env = os.environ if environ is None else environ
         values = {k[len(PREFIX) :].lower(): v for k, v in env.items() if k.startswith(PREFIX) and v != ""}
-        sections: dict[str, dict[str, Any]] = {"services": {}, "engine": {}, "queue": {}}
+        sections: dict[str, dict[str, Any]] = {"services": {}, "engine": {}, "queue": {}, "api": {}}
         top: dict[str, Any] = {}
         for key, raw in values.items():
             section = _SECTION_OF.get(key)
@@ -109,5 +127,6 @@ _SECTION_OF: dict[str, str] = {
     **{name: "engine" for name in ("model_root", "max_model_bytes")},
     **{alias: "engine" for alias in _FIELD_ALIASES},
     **{name: "queue" for name in QueueSettings.__struct_fields__},
+    **{name: "api" for name in ApiSettings.__struct_fields__},
 }
-_TOP_FIELDS = frozenset(set(Settings.__struct_fields__) - {"services", "engine", "queue"})
+_TOP_FIELDS = frozenset(set(Settings.__struct_fields__) - {"services", "engine", "queue", "api"})

@@ -71,6 +71,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         say(f"inferq: {exc}")
         return 2
     try:
+        if args.command == "serve":  # uvicorn runs its own event loop (uvloop), in one or more processes
+            from inferq.cli.serve import run_serve
+
+            return run_serve(settings, host=args.host, port=args.port, processes=args.workers)
         return asyncio.run(_dispatch(args, settings))
     except InferqError as exc:
         return fail(exc)
@@ -88,10 +92,6 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         from inferq.cli.dev import run_dev
 
         return await run_dev(settings, exit_after_setup=args.exit)
-    if args.command == "serve":
-        from inferq.cli.serve import run_serve
-
-        return await run_serve(settings, host=args.host, port=args.port, processes=args.workers)
     if args.command == "worker":
         from inferq.cli.worker import run_worker
 

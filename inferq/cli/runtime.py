@@ -38,12 +38,8 @@ async def opened(settings: Settings, *, redis: bool = False) -> AsyncIterator[Ru
     """
     embedded_db = settings.services.database_url is None
     with started_services(settings.services, redis=redis) as services:
-        _check_url(services.database_url)
-        if embedded_db:
-            await schema.upgrade(services.database_url)
-        else:
-            await _require_current_schema(services.database_url)
-        engine = create_engine(services.database_url)
+        url = await prepare_database(services.database_url, embedded=embedded_db)
+        engine = create_engine(url)
         try:
             sessions = create_sessionmaker(engine)
             yield Runtime(
@@ -60,10 +56,26 @@ async def opened(settings: Settings, *, redis: bool = False) -> AsyncIterator[Ru
 async def migrate(settings: Settings) -> int:
     """``inferq migrate``: upgrade the configured (or embedded) database to the latest revision."""
     with started_services(settings.services, redis=False) as services:
-        _check_url(services.database_url)
-        await schema.upgrade(services.database_url)
-        say(f"database schema at revision {await schema.current(services.database_url)}")
+        url = _database_url(services.database_url)
+        await schema.upgrade(url)
+        say(f"database schema at revision {await schema.current(url)}")
     return 0
+
+
+async def prepare_database(url: str | None, *, embedded: bool) -> str:
+    """The checked database URL: an embedded database is migrated, a configured one must be current."""
+    checked = _database_url(url)
+    if embedded:
+        await schema.upgrade(checked)
+    else:
+        await _require_current_schema(checked)
+    return checked
+
+
+def _database_url(url: str | None) -> str:
+    _check_url(url)
+    assert url is not None  # _check_url refuses a missing URL
+    return url
 
 
 def _check_url(url: str | None) -> str:

@@ -71,13 +71,19 @@ class InferResult(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True,
 
 
 class Pending(msgspec.Struct, frozen=True, kw_only=True, tag="pending.v1", tag_field="kind"):
-    """Placeholder stored when a caller was answered 202: the request is known, not finished."""
+    """Placeholder stored when a caller was answered 202: the request is known, not finished.
+
+    ``entry_id`` (the work-stream entry) and ``ttl_ms`` let a reader tell queued from running
+    (the entry is pending in the group) and from expired (its deadline passed before any start).
+    """
 
     id: str
     tenant: str
     model: str
     version: int
     status: State = "queued"
+    entry_id: str = ""
+    ttl_ms: int = 0
 
 
 StreamMessage = InferRequest

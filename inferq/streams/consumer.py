@@ -45,9 +45,23 @@ async def read(
 ) -> list[Entry]:
     """New entries from both lanes in one XREADGROUP, interactive first.
 
-    ``block_ms=None`` does not block (used while entries are carried over from the last read).
+    ``block_ms=None`` (or 0, which Redis would take as "forever") does not block: used while
+    entries are carried over from the last read. ``count`` applies to each lane.
     """
-    reply = await redis.xreadgroup(part.group, consumer, {part.work: ">", part.bulk: ">"}, count=count, block=block_ms)
+    streams: dict[Any, Any] = {part.work: ">", part.bulk: ">"}
+    reply = await redis.xreadgroup(part.group, consumer, streams, count=count, block=block_ms or None)
+    return read_reply(part, reply)
+
+
+def queue_read(pipe: Pipeline, part: Partition, *, consumer: str, count: int) -> None:
+    """Queue a non-blocking ``read`` on ``pipe`` (e.g. behind a batch's acks: one round trip for
+    both); parse its reply with ``read_reply``."""
+    streams: dict[Any, Any] = {part.work: ">", part.bulk: ">"}
+    pipe.xreadgroup(part.group, consumer, streams, count=count)
+
+
+def read_reply(part: Partition, reply: Any) -> list[Entry]:
+    """The entries of an XREADGROUP reply over both lanes, interactive first."""
     entries: list[Entry] = []
     for stream, items in sorted(reply or [], key=lambda s: _as_str(s[0]) != part.work):
         lane = part.lane_of(_as_str(stream))
@@ -93,9 +107,12 @@ async def claim(
     cursor, claimed, *_ = await redis.xautoclaim(stream, part.group, consumer, min_idle_ms, start, count=count)
     if not claimed:
         return _as_str(cursor), []
-    ids = [_as_str(entry_id) for entry_id, _ in claimed]
-    pending = await redis.xpending_range(stream, part.group, min=ids[0], max=ids[-1], count=len(ids) + 64)
-    counts = {_as_str(p["message_id"]): int(p["times_delivered"]) for p in pending}
+    # NOTE: one exact XPENDING per id (one round trip): a single range from the first to the last
+    # claimed id also holds other consumers' entries, and a count cap would drop some of ours.
+    pipe = redis.pipeline(transaction=False)
+    for entry_id, _ in claimed:
+        pipe.xpending_range(stream, part.group, min=entry_id, max=entry_id, count=1)
+    counts = {_as_str(p["message_id"]): int(p["times_delivered"]) for rows in await pipe.execute() for p in rows}
     entries = [
         Entry(
             lane=lane,
@@ -111,11 +128,13 @@ async def claim(
 
 async def heartbeat(redis: aioredis.Redis, part: Partition, *, consumer: str, entries: list[Entry]) -> None:
     """Reset the idle time of entries still being worked on, so the reclaimer leaves them alone."""
+    pipe = redis.pipeline(transaction=False)
     for lane in LANES:
-        ids = [e.id for e in entries if e.lane == lane]
+        ids: list[Any] = [e.id for e in entries if e.lane == lane]
         if ids:
-            stream = part.stream(lane)
-            await redis.xclaim(stream, part.group, consumer, 0, list[Any](ids), justid=True)
+            pipe.xclaim(part.stream(lane), part.group, consumer, 0, ids, justid=True)
+    if len(pipe):
+        await pipe.execute()
 
 
 async def remove_idle_consumers(redis: aioredis.Redis, part: Partition, *, idle_ms: int, keep: str) -> int:

@@ -9,6 +9,7 @@ The first terminal result wins: a request re-run after a crash never gets a seco
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
@@ -17,8 +18,11 @@ from inferq.contracts.messages import InferResult, Pending, StoredResult, messag
 
 RESULT, PENDING = b"R", b"P"
 
-# KEYS[1] result key; ARGV[1] value (R…), ARGV[2] long TTL s, ARGV[3] short TTL s, ARGV[4] channel ('' = none).
-# Returns 1 when stored (and published), 0 when a terminal result was already there.
+# KEYS[1] result key; ARGV[1] value (R…), ARGV[2] long TTL s, ARGV[3] short TTL s, ARGV[4] channel ('' = none),
+# ARGV[5] producer reply stream ('' = none), ARGV[6] its approximate MAXLEN.
+# Returns 1 when stored (and announced), 0 when a terminal result was already there: a request re-run
+# after a crash is announced once. NOTE: the channel and reply stream are not declared keys; in Redis
+# Cluster the reply stream would need the result key's slot.
 STORE = """
 local current = redis.call('GET', KEYS[1])
 if current and string.sub(current, 1, 1) == 'R' then return 0 end
@@ -26,6 +30,7 @@ local ttl = ARGV[3]
 if current then ttl = ARGV[2] end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ttl)
 if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[4], ARGV[1]) end
+if ARGV[5] ~= '' then redis.call('XADD', ARGV[5], 'MAXLEN', '~', ARGV[6], '*', 'm', string.sub(ARGV[1], 2)) end
 return 1
 """
 
@@ -61,16 +66,21 @@ class ResultStore:
     def __init__(self, redis: aioredis.Redis, *, ttl: ResultTTL) -> None:
         self._redis = redis
         self.ttl = ttl
-        self._store = redis.register_script(STORE)
         self._placehold = redis.register_script(PLACEHOLD)
 
-    async def store(self, pipe: Pipeline, *, key: str, value: bytes, channel: str | None) -> None:
-        """Queue the conditional store + publish of one encoded result (``encode_result``) on ``pipe``.
+    def store(
+        self, pipe: Pipeline, *, key: str, value: bytes, channel: str | None = None, stream: str | None = None,
+        stream_max_len: int = 100_000,
+    ) -> None:  # fmt: skip
+        """Queue the conditional store of one encoded result (``encode_result``) on ``pipe``, announced
+        on ``channel`` (an API instance) or appended to ``stream`` (a producer's reply stream, plain msgpack).
 
-        Awaiting only queues the command (redis-py's script call on a pipeline is a coroutine).
+        NOTE: EVAL, not a registered script: redis-py sends SCRIPT EXISTS before every pipeline that
+        holds a registered script (a second round trip per batch), and EVALSHA fails with NOSCRIPT
+        after a Redis restart. Redis caches the compiled script by its hash either way.
         """
-        args: list[bytes | int | str] = [value, self.ttl.long, self.ttl.short, channel or ""]
-        await self._store(keys=[key], args=args, client=pipe)
+        args: list[Any] = [value, self.ttl.long, self.ttl.short, channel or "", stream or "", stream_max_len]
+        pipe.eval(STORE, 1, key, *args)
 
     async def placehold(self, *, key: str, pending: Pending) -> None:
         """Record a 202: the request exists and its result must be kept for the long TTL."""

@@ -1,0 +1,5 @@
+"""The HTTP API: Litestar adapters over a service layer that has no Litestar in it."""
+
+from inferq.api.app import begin_drain, create_app
+
+__all__ = ["begin_drain", "create_app"]

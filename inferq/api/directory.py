@@ -1,0 +1,84 @@
+"""Models as the API lists them: the catalog's versions and aliases, plus readiness from Redis.
+
+A version is ready while its partition's alive key exists (a worker consumes it). Readiness is read
+in one pipelined round trip; when Redis cannot be read, every version reads as not ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import redis.asyncio as aioredis
+import structlog
+
+from inferq.api.catalog import ModelCatalog
+from inferq.contracts.http import AliasView, ModelList, ModelView, VersionView
+from inferq.contracts.models import DEFAULT_ALIAS, ModelInfo, ModelRef
+from inferq.contracts.names import Names
+from inferq.errors import InvalidInput, ModelNotFound
+from inferq.streams.connection import UNAVAILABLE
+
+log = structlog.get_logger(__name__)
+
+
+class ModelDirectory:
+    """``GET /v1/models`` and ``GET /v1/models/{model}``, without HTTP."""
+
+    def __init__(self, *, catalog: ModelCatalog, redis: aioredis.Redis, names: Names, timeout_s: float) -> None:
+        self._catalog = catalog
+        self._redis = redis
+        self._names = names
+        self._timeout_s = timeout_s
+
+    async def list_models(self) -> ModelList:
+        infos = self._catalog.models()
+        ready = await self._ready([(info.name, v.version) for info in infos for v in info.versions])
+        return ModelList(models=tuple(_view(info, ready) for info in infos))
+
+    async def get_model(self, model: str) -> ModelView:
+        try:
+            name = ModelRef.parse(model).name
+        except InvalidInput:
+            raise ModelNotFound(f"model {model!r} not found", model=model) from None
+        info = await self._catalog.model(name)
+        ready = await self._ready([(info.name, v.version) for v in info.versions])
+        return _view(info, ready)
+
+    async def _ready(self, keys: list[tuple[str, int]]) -> set[tuple[str, int]]:
+        if not keys:
+            return set()
+        pipe = self._redis.pipeline(transaction=False)
+        for model, version in keys:
+            pipe.exists(self._names.alive(self._names.partition(model, version)))
+        try:
+            found = await asyncio.wait_for(pipe.execute(), timeout=self._timeout_s)
+        except (TimeoutError, *UNAVAILABLE) as exc:
+            log.warning("models.readiness_unknown", error=str(exc) or type(exc).__name__)
+            return set()
+        return {key for key, exists in zip(keys, found, strict=True) if exists}
+
+
+def _view(info: ModelInfo, ready: set[tuple[str, int]]) -> ModelView:
+    default = next((a for a in info.aliases if a.name == DEFAULT_ALIAS), None)
+    targets = set(default.weights) if default else set()
+    return ModelView(
+        name=info.name,
+        ready=any((info.name, v) in ready for v in targets),
+        created_at=info.created_at,
+        description=info.description,
+        versions=tuple(
+            VersionView(
+                version=v.version,
+                status=v.status,
+                ready=(info.name, v.version) in ready,
+                signature=v.signature,
+                sha256=v.sha256,
+                size_bytes=v.size_bytes,
+                created_at=v.created_at,
+                description=v.description,
+                overrides=v.overrides,
+            )
+            for v in info.versions
+        ),
+        aliases=tuple(AliasView(name=a.name, weights=a.weights, fallback=a.fallback) for a in info.aliases),
+    )

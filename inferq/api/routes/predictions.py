@@ -1,0 +1,166 @@
+"""``POST /v1/models/{model}[/versions/{version}]/predict`` and ``GET /v1/predictions/{id}``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from litestar import Request, get, post
+from litestar.di import NamedDependency
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import FromPath, JSONBody
+from litestar.response import Response
+
+from inferq.api.access import correlation_id
+from inferq.api.service import Answer, PredictCall, PredictionService, Tracked
+from inferq.contracts.http import PredictBody, PredictionResponse, Problem, ResponseTimings
+from inferq.contracts.messages import InferResult
+from inferq.contracts.models import ModelRef
+from inferq.errors import InvalidInput, ModelNotFound, VersionNotFound
+
+_PROBLEMS = {
+    status: ResponseSpec(data_container=Problem, description=text, media_type="application/problem+json")
+    for status, text in (
+        (400, "Malformed body or header (malformed_request)"),
+        (404, "Unknown model, version or alias"),
+        (413, "Body too large (payload_too_large)"),
+        (422, "Inputs do not fit the model's signature (invalid_input)"),
+        (503, "Partition full (overloaded) or Redis unavailable (service_unavailable); see Retry-After"),
+        (504, "The deadline passed before the prediction started (deadline_exceeded)"),
+    )
+}
+_PREDICT_RESPONSES: dict[int, ResponseSpec] = {
+    202: ResponseSpec(data_container=PredictionResponse, description="Accepted: poll the Location"),
+    **_PROBLEMS,
+}
+_PREDICT_DOC = (
+    "Inputs are records (`[{feature: value}]`), rows (`[[v, ...]]`) or named tensors (`{name: nested list}`). "
+    "`Prefer: wait=N` holds the call up to N seconds (capped); a result in time is a 200, otherwise a 202 "
+    "with `Location: /v1/predictions/{id}`. `Cancel-After: S` is the deadline after which the work never starts."
+)
+
+
+@post(
+    "/v1/models/{model:str}/predict",
+    status_code=200,
+    summary="Predict with a model (name, name@version or name@alias)",
+    description=_PREDICT_DOC,
+    responses=_PREDICT_RESPONSES,
+    tags=["predictions"],
+)
+async def predict(
+    model: FromPath[str],
+    data: JSONBody[PredictBody],
+    request: Request[Any, Any, Any],
+    predictions: NamedDependency[PredictionService],
+) -> Response[PredictionResponse]:
+    return await _predict(request, predictions, ref=_model_ref(model), data=data)
+
+
+@post(
+    "/v1/models/{model:str}/versions/{version:str}/predict",
+    status_code=200,
+    summary="Predict with one version of a model",
+    description=_PREDICT_DOC,
+    responses=_PREDICT_RESPONSES,
+    tags=["predictions"],
+)
+async def predict_version(
+    model: FromPath[str],
+    version: FromPath[str],
+    data: JSONBody[PredictBody],
+    request: Request[Any, Any, Any],
+    predictions: NamedDependency[PredictionService],
+) -> Response[PredictionResponse]:
+    if "@" in model:
+        raise ModelNotFound(f"model {model!r} not found: name the version in the path only", model=model)
+    name = _model_ref(model).name
+    if not version.isdecimal() or int(version) < 1:
+        raise VersionNotFound(f"model {name!r} has no version {version!r}", model=name, version=version)
+    return await _predict(request, predictions, ref=ModelRef(name=name, version=int(version)), data=data)
+
+
+@get(
+    "/v1/predictions/{prediction_id:str}",
+    summary="A prediction's state and, once finished, its result",
+    responses={404: _PROBLEMS[404], 503: _PROBLEMS[503]},
+    tags=["predictions"],
+)
+async def get_prediction(
+    prediction_id: FromPath[str], predictions: NamedDependency[PredictionService]
+) -> PredictionResponse:
+    return _tracked_body(await predictions.get_prediction(prediction_id))
+
+
+async def _predict(
+    request: Request[Any, Any, Any], service: PredictionService, *, ref: ModelRef, data: PredictBody
+) -> Response[PredictionResponse]:
+    # NOTE: one dependency per handler: Litestar resolves two or more in an anyio task group per request.
+    prefer, cancel_after = _headers(request.scope["headers"])
+    hold = service.limits.hold(prefer)
+    ttl_ms = service.limits.ttl_ms(cancel_after)
+    call = PredictCall(
+        ref=ref, inputs=data.inputs, wait_s=hold.wait_s, ttl_ms=ttl_ms, correlation_id=correlation_id(request.scope)
+    )
+    answer = await service.predict(call)
+    echo = {"Preference-Applied": hold.applied} if hold.applied else {}
+    if answer.result is None:
+        echo["Location"] = f"/v1/predictions/{answer.request_id}"
+        body = PredictionResponse(id=answer.request_id, status="queued", model=answer.model, version=answer.version)
+        return Response(body, status_code=202, headers=echo)
+    return Response(_answer_body(answer, answer.result), status_code=200, headers=echo)
+
+
+def _headers(raw: Iterable[tuple[bytes, bytes]]) -> tuple[str | None, str | None]:
+    """``Prefer`` (repeated ones joined) and ``Cancel-After``, read straight from the ASGI headers."""
+    prefer: list[str] = []
+    cancel_after: str | None = None
+    for name, value in raw:
+        if name == b"prefer":
+            prefer.append(value.decode("latin-1"))
+        elif name == b"cancel-after":
+            cancel_after = value.decode("latin-1")
+    return (", ".join(prefer) or None), cancel_after
+
+
+def _model_ref(text: str) -> ModelRef:
+    try:
+        return ModelRef.parse(text)
+    except InvalidInput as exc:
+        raise ModelNotFound(f"model {text!r} not found: {exc.message}", model=text) from None
+
+
+def _answer_body(answer: Answer, result: InferResult) -> PredictionResponse:
+    return PredictionResponse(
+        id=answer.request_id,
+        status=result.status,
+        model=answer.model,
+        version=answer.version,
+        predictions=result.predictions,
+        timings=_timings(result, total_ms=answer.total_ms),
+    )
+
+
+def _tracked_body(tracked: Tracked) -> PredictionResponse:
+    result = tracked.result
+    if result is None:
+        return PredictionResponse(
+            id=tracked.request_id, status=tracked.status, model=tracked.model, version=tracked.version
+        )
+    return PredictionResponse(
+        id=tracked.request_id,
+        status=result.status,
+        model=result.model,
+        version=result.version,
+        predictions=result.predictions,
+        error=result.error,
+        timings=_timings(result, total_ms=None),
+    )
+
+
+def _timings(result: InferResult, *, total_ms: float | None) -> ResponseTimings | None:
+    t = result.timings
+    if t is None:
+        return None
+    total = total_ms if total_ms is not None else round(t.queue_ms + t.inference_ms, 3)
+    return ResponseTimings(queue_ms=t.queue_ms, inference_ms=t.inference_ms, total_ms=total, batch_rows=t.batch_rows)

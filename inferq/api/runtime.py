@@ -1,0 +1,91 @@
+"""What one API process opens at startup and closes at shutdown: clients, catalog, listener, services."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from inferq.api.catalog import ModelCatalog
+from inferq.api.directory import ModelDirectory
+from inferq.api.headers import CallLimits
+from inferq.api.health import HealthChecks
+from inferq.api.metrics import Metrics
+from inferq.api.service import PredictionService
+from inferq.contracts.names import Names
+from inferq.errors import ServiceUnavailable
+from inferq.settings import Settings
+from inferq.store.database import create_engine, create_sessionmaker
+from inferq.store.registry import Registry
+from inferq.streams.connection import connect
+from inferq.streams.producer import Producer
+from inferq.streams.replies import ReplyListener
+from inferq.streams.results import ResultStore, ResultTTL
+
+
+@dataclass(frozen=True)
+class Services:
+    """The open services route handlers call (one set per process)."""
+
+    predictions: PredictionService
+    models: ModelDirectory
+    health: HealthChecks
+    catalog: ModelCatalog
+
+
+@contextlib.asynccontextmanager
+async def opened(settings: Settings, *, metrics: Metrics) -> AsyncIterator[Services]:
+    """Open Redis, Postgres, the catalog and the reply listener; drain and close them on exit.
+
+    Neither service has to be up: the listener and the catalog keep retrying in the background,
+    and requests meanwhile get 503s, so an API process starts and answers health checks regardless.
+    """
+    services, queue = settings.services, settings.queue
+    if services.database_url is None:
+        raise ServiceUnavailable("no database URL configured (INFERQ_DATABASE_URL)")
+    names = Names(services.key_prefix)
+    redis = connect(services)
+    engine = create_engine(
+        services.database_url, connect_timeout_s=settings.api.health_timeout_s * 3, pool_timeout_s=2.0
+    )
+    catalog = ModelCatalog(
+        Registry(create_sessionmaker(engine)),
+        refresh_s=settings.api.catalog_refresh_s,
+        miss_refresh_s=settings.api.catalog_miss_refresh_s,
+    )
+    instance = ReplyListener.instance_name()
+    listener = ReplyListener(redis, channel=names.reply_channel(instance))
+    short_ttl = queue.result_short_ttl_s or max(1, round(2 * queue.wait_max_s))
+    predictions = PredictionService(
+        catalog=catalog,
+        redis=redis,
+        producer=Producer(redis),
+        listener=listener,
+        results=ResultStore(redis, ttl=ResultTTL(long=queue.result_ttl_s, short=short_ttl)),
+        names=names,
+        queue=queue,
+        limits=CallLimits.of(settings),
+        instance=instance,
+        max_elements=settings.api.max_elements,
+        redis_timeout_s=services.socket_timeout_s,
+        metrics=metrics,
+    )
+    try:
+        await catalog.start()
+        # NOTE: subscribe before the first XADD; when Redis is down the listener keeps retrying
+        # in the background and this process still starts (predictions get 503 until it is back).
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(listener.start(), timeout=services.socket_timeout_s)
+        yield Services(
+            predictions=predictions,
+            models=ModelDirectory(catalog=catalog, redis=redis, names=names, timeout_s=services.socket_timeout_s),
+            health=HealthChecks(redis=redis, engine=engine, timeout_s=settings.api.health_timeout_s),
+            catalog=catalog,
+        )
+    finally:
+        predictions.drain()
+        await catalog.stop()
+        await listener.stop()
+        await redis.aclose()
+        await engine.dispose()

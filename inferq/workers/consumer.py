@@ -1,0 +1,201 @@
+"""The partition loop: read both lanes, form a row-bounded batch, run it, settle it in one pipeline."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import msgspec
+import redis.asyncio as aioredis
+import structlog
+from redis.exceptions import ResponseError
+
+from inferq.contracts.messages import InferRequest, request_decoder
+from inferq.errors import InvalidInput
+from inferq.settings import QueueSettings
+from inferq.streams.consumer import Entry, ensure_groups, is_nogroup, queue_read, read, read_reply
+from inferq.streams.partition import Partition
+from inferq.streams.producer import enqueued_ms
+from inferq.workers.backoff import Backoff, sleep_unless
+from inferq.workers.batch import Work, finish, rows_of
+from inferq.workers.clock import RedisClock
+from inferq.workers.executor import Executor
+from inferq.workers.publisher import Outcome, Publisher
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    entry: Entry
+    work: Work
+
+
+class PartitionConsumer:
+    """Consumes one partition until stopped: reads with ``>``, so it only ever sees new entries.
+
+    Entries read beyond the current batch are carried to the next one (they are already in this
+    consumer's pending list); on stop, the carried entries are run and acked before returning.
+    """
+
+    def __init__(
+        self,
+        *,
+        redis: aioredis.Redis,
+        part: Partition,
+        queue: QueueSettings,
+        consumer: str,
+        executor: Executor,
+        publisher: Publisher,
+        clock: RedisClock,
+    ) -> None:
+        self._redis = redis
+        self._part = part
+        self._queue = queue
+        self._consumer = consumer
+        self._executor = executor
+        self._publisher = publisher
+        self._clock = clock
+        self._carry: list[Item] = []  # read, not yet run; interactive first
+        self._early: list[Outcome] = []  # decided at read time: undecodable, wrong partition
+        self._unsettled: list[Outcome] = []  # answered, but the settle pipeline failed
+        self._fresh = False  # the carry was just topped up by the read behind the last settle
+        self._backlogged = False  # the last read came back full: more is probably waiting
+        self.draining = False  # the version left the selection: stop once both lanes are empty
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Loop until ``stop`` (finish the batch and the carry first) or, when draining, until empty."""
+        backoff = Backoff()
+        groups_ready = False
+        while True:
+            try:
+                if not groups_ready:
+                    await ensure_groups(self._redis, self._part)
+                    groups_ready = True
+                reading = not stop.is_set()
+                if self._unsettled:
+                    await self._settle(self._unsettled, stop=None)
+                if not reading and not self._carry and not self._early:
+                    return
+                await self._fill(reading=reading)
+                if self._carry or self._early:
+                    await self._process(stop)
+                elif self.draining and await self._empty():
+                    log.info("partition.drained", partition=self._part.key)
+                    return
+                backoff.reset()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if isinstance(exc, ResponseError) and is_nogroup(exc):
+                    groups_ready = False  # Redis lost the stream or group (restarted without data)
+                if stop.is_set():  # what is left pending is reclaimed by another worker
+                    log.warning("partition.abandoned", partition=self._part.key, error=str(exc))
+                    return
+                delay = backoff.next()
+                log.warning("partition.retry", partition=self._part.key, error=str(exc), backoff_s=round(delay, 3))
+                await sleep_unless(stop, delay)
+
+    async def _fill(self, *, reading: bool) -> None:
+        queue, fresh, self._fresh = self._queue, self._fresh, False
+        if not reading:
+            return
+        room = queue.max_batch - rows_of([item.work for item in self._carry])
+        if room > 0 and not (fresh and self._carry):
+            await self._read(count=room, block_ms=None if self._carry or self._early else queue.block_ms)
+        if queue.max_batch_delay_ms <= 0 or not self._carry:
+            return
+        deadline = time.monotonic() + queue.max_batch_delay_ms / 1000
+        while (room := queue.max_batch - rows_of([i.work for i in self._carry])) > 0:
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            if left_ms < 1:
+                return
+            await self._read(count=room, block_ms=left_ms)
+
+    async def _read(self, *, count: int, block_ms: int | None) -> None:
+        entries = await read(self._redis, self._part, consumer=self._consumer, count=count, block_ms=block_ms)
+        self._backlogged = len(entries) >= count
+        self._accept(entries)
+
+    def _accept(self, entries: list[Entry]) -> None:
+        if not entries:
+            return
+        now = self._clock.now_ms()
+        items: list[Item] = []
+        for entry in entries:
+            decoded = decode(entry, self._part, now_ms=now)
+            if isinstance(decoded, Outcome):
+                self._early.append(decoded)
+            else:
+                items.append(Item(entry, decoded))
+        # NOTE: a stable sort: interactive before bulk, first come first served within a lane.
+        self._carry = sorted(self._carry + items, key=lambda item: item.entry.lane != "interactive")
+
+    def _take(self) -> list[Item]:
+        """The longest prefix of the carry within ``max_batch`` rows (at least one entry)."""
+        rows, taken = 0, 0
+        for item in self._carry:
+            item_rows = max(1, item.work.request.rows)
+            if taken and rows + item_rows > self._queue.max_batch:
+                break
+            rows += item_rows
+            taken += 1
+        batch, self._carry = self._carry[:taken], self._carry[taken:]
+        return batch
+
+    async def _process(self, stop: asyncio.Event) -> None:
+        outcomes, self._early = self._early, []
+        batch = self._take()
+        if batch:
+            works = [item.work for item in batch]
+            try:
+                results = await self._executor.run(works, keep_alive=[i.entry for i in batch + self._carry])
+            except BaseException:
+                self._carry = batch + self._carry  # nothing was answered: run them again later
+                self._early = outcomes + self._early
+                raise
+            replies = [item.work.request.reply for item in batch]
+            outcomes += [Outcome(i.entry, r, reply) for i, r, reply in zip(batch, results, replies, strict=True)]
+        await self._settle(outcomes, stop=stop)
+
+    async def _settle(self, outcomes: list[Outcome], *, stop: asyncio.Event | None) -> None:
+        """One round trip: the results, the acks, and (unless stopping) the next non-blocking read."""
+        room = self._queue.max_batch - rows_of([item.work for item in self._carry])
+        # NOTE: decided now, not before the run: a stop that came while the batch ran means no more reads.
+        # Only under a backlog: at low load the read would come back empty and delay the next blocking one.
+        read_next = stop is not None and not stop.is_set() and self._backlogged
+        pipe = self._redis.pipeline(transaction=False)
+        self._publisher.queue(pipe, self._part, outcomes)
+        if read_next and room > 0:
+            queue_read(pipe, self._part, consumer=self._consumer, count=room)
+        self._unsettled = outcomes
+        replies = await pipe.execute()
+        self._unsettled = []
+        if read_next and room > 0:
+            entries = read_reply(self._part, replies[-1])
+            self._backlogged = len(entries) >= room
+            self._accept(entries)
+            self._fresh = True
+
+    async def _empty(self) -> bool:
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.xlen(self._part.work)
+        pipe.xlen(self._part.bulk)
+        lengths: list[int] = await pipe.execute()
+        return sum(lengths) == 0
+
+
+def decode(entry: Entry, part: Partition, *, now_ms: float) -> Work | Outcome:
+    """The entry's work, or what to do with it at once: dead-letter it (undecodable) or fail it
+    (a request for another partition). Both are deterministic: retrying cannot help."""
+    try:
+        request: InferRequest = request_decoder.decode(entry.message)
+    except msgspec.DecodeError as exc:
+        log.warning("request.undecodable", partition=part.key, entry=entry.id, error=str(exc))
+        return Outcome(entry, None, dead_reason=f"undecodable message: {exc}")
+    work = Work(request=request, enqueued_ms=enqueued_ms(entry.id), dequeued_ms=now_ms, delivery=entry.deliveries)
+    if (request.model, request.version) != (part.model, part.version):
+        error = InvalidInput(f"a request for {request.model}@{request.version} on partition {part.key}")
+        return Outcome(entry, finish(work, "failed", error=error), request.reply)
+    return work

@@ -1,0 +1,74 @@
+"""Settling a batch: store + announce every result, dead-letter, then XACK + XDEL, in one pipeline."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
+
+from inferq.contracts.messages import InferResult, Reply
+from inferq.contracts.names import Names
+from inferq.streams.consumer import Entry, ack, dead_letter
+from inferq.streams.partition import Partition
+from inferq.streams.results import ResultStore, encode_result
+
+REPLY_STREAM_MAX_LEN = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What to do with one entry: store ``result`` (announced to ``reply``); with ``dead_reason``,
+    move the entry to the dead-letter stream instead of only acking it."""
+
+    entry: Entry
+    result: InferResult | None
+    reply: Reply | None = None
+    dead_reason: str | None = None
+
+
+class Publisher:
+    """One round trip per batch, however many results (research/performance.md: pipelining is worth 3.6×)."""
+
+    def __init__(self, redis: aioredis.Redis, *, results: ResultStore, names: Names) -> None:
+        self._redis = redis
+        self._results = results
+        self._names = names
+
+    async def settle(self, part: Partition, outcomes: Sequence[Outcome]) -> None:
+        """Store and announce every result, then dead-letter or ack each entry. Raises on Redis errors:
+        nothing is lost, the entries stay pending and the caller settles again (stores are idempotent)."""
+        if not outcomes:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        self.queue(pipe, part, outcomes)
+        await pipe.execute()
+
+    def queue(self, pipe: Pipeline, part: Partition, outcomes: Sequence[Outcome]) -> None:
+        """Queue ``settle``'s commands on ``pipe``, for a caller that adds more to the round trip."""
+        for outcome in outcomes:
+            if outcome.result is not None:
+                self._store(pipe, outcome.result, outcome.reply)
+        acked = []
+        for outcome in outcomes:
+            if outcome.dead_reason is not None:
+                dead_letter(pipe, part, outcome.entry, reason=outcome.dead_reason)
+            else:
+                acked.append(outcome.entry)
+        ack(pipe, part, acked)
+
+    def _store(self, pipe: Pipeline, result: InferResult, reply: Reply | None) -> None:
+        channel = stream = None
+        if reply is not None and reply.kind == "api":
+            channel = self._names.reply_channel(reply.name)
+        elif reply is not None and reply.kind == "producer":
+            stream = self._names.producer_replies(reply.name)
+        self._results.store(
+            pipe,
+            key=self._names.result(result.id),
+            value=encode_result(result),
+            channel=channel,
+            stream=stream,
+            stream_max_len=REPLY_STREAM_MAX_LEN,
+        )
