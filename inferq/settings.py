@@ -60,6 +60,12 @@ class QueueSettings(msgspec.Struct, frozen=True, kw_only=True):
     shutdown_grace_s: float = 60.0
     # Diagnostics: when set, workers append one JSON line per run attempt to this file (fault tests).
     run_ledger: str | None = None
+    producers: str = ""  # direct producers and their tenants: "billing=default,fraud=acme"
+
+    def producer_tenants(self) -> dict[str, str]:
+        """``producers`` as a map; a producer without ``=tenant`` belongs to the ``default`` tenant."""
+        pairs = (item.strip().partition("=") for item in self.producers.split(",") if item.strip())
+        return {name.strip(): (tenant.strip() or "default") for name, _, tenant in pairs}
 
 
 class ApiSettings(msgspec.Struct, frozen=True, kw_only=True):

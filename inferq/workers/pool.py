@@ -25,6 +25,7 @@ from inferq.workers.clock import RedisClock
 from inferq.workers.config import for_version
 from inferq.workers.consumer import PartitionConsumer
 from inferq.workers.executor import Executor
+from inferq.workers.ingress import Forwarder, Forwarding
 from inferq.workers.ledger import RunLedger
 from inferq.workers.models import ModelSource
 from inferq.workers.publisher import Publisher
@@ -93,6 +94,7 @@ class WorkerPool:
     async def run(self) -> None:
         ledger = RunLedger(self._settings.queue.run_ledger) if self._settings.queue.run_ledger else None
         log.info("pool.started", consumer=self.consumer, pid=os.getpid())
+        forwarder = self._start_forwarder()
         try:
             await self._sync_clock()
             await self._first_discovery(ledger)
@@ -105,7 +107,8 @@ class WorkerPool:
         finally:
             for served in self._served.values():
                 served.stop.set()
-            await asyncio.gather(*(s.task for s in self._served.values()), return_exceptions=True)
+            tasks = [s.task for s in self._served.values()] + ([forwarder] if forwarder else [])
+            await asyncio.gather(*tasks, return_exceptions=True)
             self._models.close()
             if ledger is not None:
                 ledger.close()
@@ -169,6 +172,23 @@ class WorkerPool:
         task = asyncio.create_task(_serve(consumer, reclaimer, upkeep, stop), name=f"partition:{part.key}")
         log.info("partition.started", partition=part.key, consumer=self.consumer)
         return _Served(version=version, consumer=consumer, stop=stop, task=task)
+
+    def _start_forwarder(self) -> asyncio.Task[None] | None:
+        """The ingress forwarder, when direct producers are configured (``INFERQ_PRODUCERS``)."""
+        producers = self._settings.queue.producer_tenants()
+        if not producers:
+            return None
+        queue = self._settings.queue
+        options = Forwarding(
+            producers=producers,
+            admission_limit=queue.admission_limit,
+            deadline_default_ms=int(queue.deadline_default_s * 1000),
+            max_elements=self._settings.api.max_elements,
+            block_ms=queue.block_ms,
+            reclaim_min_idle_ms=queue.reclaim_min_idle_ms,
+        )
+        forwarder = Forwarder(self._redis, names=self._names, resolve=self._registry.resolve, options=options)
+        return asyncio.create_task(forwarder.run(self._stop), name="ingress")
 
     async def _sync_clock(self) -> None:
         try:
