@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import os
 import shlex
 import signal
+import sys
+import time
+from collections.abc import AsyncIterator
 
+import httpx
 from sqlalchemy import text
 
 from inferq.cli import demo
 from inferq.cli.models import cache_locally
 from inferq.cli.output import say
 from inferq.cli.runtime import Runtime, opened
-from inferq.errors import ModelNotFound
+from inferq.errors import ModelNotFound, ServiceUnavailable
 from inferq.settings import Settings
 
 SEED_LOCK = 0x696E666572710001  # "inferq" + 1: serialises concurrent `inferq dev` seeding
@@ -24,15 +31,22 @@ EXAMPLE_WINE = (
 
 
 async def run_dev(settings: Settings, *, exit_after_setup: bool = False) -> int:
-    """Start services (embedded when unset), migrate, seed the demo models, print a tour, wait."""
+    """Services (embedded when unset), migrations, demo models, then the API and workers until Ctrl-C.
+
+    ``exit_after_setup``: start everything, check that a prediction is answered over HTTP, stop.
+    """
     async with opened(settings, redis=True) as rt:
         await seed_demo_models(rt)
-        await _print_tour(rt)
-        if exit_after_setup:
-            return 0
-        say("inferq dev is running; Ctrl-C stops everything.")
-        await _wait_for_signal()
-    return 0
+        env = _child_env(rt)
+        base = f"http://{settings.host}:{settings.port}"
+        async with _children(env) as children:
+            await _wait_ready(base, children)
+            await _print_tour(rt, base)
+            if exit_after_setup:
+                await _smoke(base)
+                return 0
+            say("inferq dev is running: API, workers, direct producer 'demo'. Ctrl-C stops everything.")
+            return await _wait_for_signal_or_exit(children)
 
 
 async def seed_demo_models(rt: Runtime) -> None:
@@ -76,17 +90,85 @@ async def _has_version(rt: Runtime, name: str, version: int) -> bool:
     return any(v.version == version for v in info.versions)
 
 
-async def _print_tour(rt: Runtime) -> None:
+def _child_env(rt: Runtime) -> dict[str, str]:
+    """Children use this command's (possibly embedded) servers, and accept the demo producer."""
+    env = dict(os.environ)
+    env["INFERQ_REDIS_URL"] = rt.services.redis_url or ""
+    env["INFERQ_DATABASE_URL"] = rt.services.database_url or ""
+    env.setdefault("INFERQ_PRODUCERS", "demo=default")
+    env.setdefault("INFERQ_WEBHOOK_ALLOW_PRIVATE", "true")
+    return env
+
+
+@contextlib.asynccontextmanager
+async def _children(env: dict[str, str]) -> AsyncIterator[list[asyncio.subprocess.Process]]:
+    """``inferq serve`` and ``inferq worker --all`` as child processes, stopped (drained) on exit."""
+    commands = (["serve"], ["worker", "--all"])
+    children = [await asyncio.create_subprocess_exec(sys.executable, "-m", "inferq", *c, env=env) for c in commands]
+    try:
+        yield children
+    finally:
+        for child in children:
+            if child.returncode is None:
+                child.send_signal(signal.SIGTERM)
+        for child in children:
+            try:
+                await asyncio.wait_for(child.wait(), timeout=30)
+            except TimeoutError:
+                child.kill()
+                await child.wait()
+
+
+async def _wait_ready(base: str, children: list[asyncio.subprocess.Process], timeout_s: float = 60) -> None:
+    """Until the API is ready and every demo partition has a live consumer."""
+    deadline = time.monotonic() + timeout_s
+    async with httpx.AsyncClient(base_url=base, timeout=2) as client:
+        while time.monotonic() < deadline:
+            if any(c.returncode is not None for c in children):
+                raise ServiceUnavailable("the API or the workers exited during startup (see their logs above)")
+            with contextlib.suppress(httpx.HTTPError):
+                models = (await client.get("/v1/models")).json()["models"]
+                if models and all(m.get("ready") for m in models):
+                    return
+            await asyncio.sleep(0.25)
+    raise ServiceUnavailable(f"the API at {base} was not ready within {timeout_s:.0f}s")
+
+
+async def _smoke(base: str) -> None:
+    """One prediction over HTTP through the queue: the check behind ``inferq dev --exit``."""
+    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+        response = await client.post("/v1/models/iris/predict", json={"inputs": [[5.1, 3.5, 1.4, 0.2]]})
+    if response.status_code != 200:
+        raise ServiceUnavailable(f"smoke prediction answered {response.status_code}: {response.text}")
+    say(f"smoke test: POST /v1/models/iris/predict → 200 {response.json()['predictions'][0]['class_name']}")
+
+
+async def _print_tour(rt: Runtime, base: str) -> None:
     say("\nregistered models:")
     for model in await rt.registry.list_models():
         aliases = ", ".join(f"@{a.name}→{_weights(a.weights)}" for a in model.aliases)
         versions = ", ".join(f"{v.version} ({v.signature.task}, {v.status})" for v in model.versions)
         say(f"  {model.name:<10} versions {versions}; aliases {aliases}")
     say(f"\nservices: redis {rt.services.redis_url}\n          postgres {rt.services.database_url}")
+    say(f"\nAPI {base}  (docs {base}/schema, metrics {base}/metrics)")
     say("\ntry, in another terminal:")
-    say(f"  .venv/bin/inferq predict wine@2 --input {shlex.quote(EXAMPLE_WINE)}")
-    say("  .venv/bin/inferq predict iris --input '[[5.1, 3.5, 1.4, 0.2]]'")
-    say("  .venv/bin/inferq models show wine\n")
+    for line in _examples(base):
+        say(f"  {line}")
+    say("")
+
+
+def _examples(base: str) -> list[str]:
+    json_header = "-H 'content-type: application/json'"
+    iris = json.dumps({"inputs": [[5.1, 3.5, 1.4, 0.2]]})
+    wine = json.dumps({"inputs": json.loads(EXAMPLE_WINE)})
+    v2 = json.dumps({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]})
+    return [
+        f"curl -s {base}/v1/models/iris/predict {json_header} -d {shlex.quote(iris)}",
+        f"curl -s {base}/v1/models/wine@2/predict {json_header} -d {shlex.quote(wine)}",
+        f"curl -s {base}/v2/models/iris/infer {json_header} -d {shlex.quote(v2)}",
+        f".venv/bin/inferq predict wine@prod --input {shlex.quote(EXAMPLE_WINE)}   # in-process, no server",
+        ".venv/bin/inferq models show wine",
+    ]
 
 
 def _weights(weights: dict[int, int]) -> str:
@@ -95,9 +177,18 @@ def _weights(weights: dict[int, int]) -> str:
     return "{" + ", ".join(f"{v}: {w}%" for v, w in sorted(weights.items())) + "}"
 
 
-async def _wait_for_signal() -> None:
+async def _wait_for_signal_or_exit(children: list[asyncio.subprocess.Process]) -> int:
+    """0 on Ctrl-C / SIGTERM; 1 when a child exits by itself (then everything is stopped)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    waits = [asyncio.create_task(c.wait()) for c in children]
+    stopper = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait([stopper, *waits], return_when=asyncio.FIRST_COMPLETED)
+    for task in [stopper, *waits]:
+        task.cancel()
+    if stopper in done:
+        return 0
+    say("a child process exited; stopping everything")
+    return 1

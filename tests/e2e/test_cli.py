@@ -191,13 +191,32 @@ def test_stale_schema_is_refused_with_advice(cli_env: dict[str, str], tmp_path: 
         asyncio.run(admin(f'DROP DATABASE IF EXISTS "{blank}" WITH (FORCE)'))
 
 
-def test_dev_on_a_fresh_machine_with_embedded_services(tmp_path: Path) -> None:
-    """`inferq dev` with no service URLs: embedded Redis and Postgres, migrations, demo models, a tour."""
+def fresh_env(tmp_path: Path) -> dict[str, str]:
+    """A machine with no configured services: everything embedded, under ``tmp_path``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("INFERQ_")}
-    env.update(INFERQ_STATE_DIR=str(tmp_path / "state"), INFERQ_MODEL_ROOT=str(tmp_path / "models"))
+    env.update(
+        INFERQ_STATE_DIR=str(tmp_path / "state"),
+        INFERQ_MODEL_ROOT=str(tmp_path / "models"),
+        INFERQ_PORT=str(free_port()),
+    )
+    return env
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_dev_on_a_fresh_machine_with_embedded_services(tmp_path: Path) -> None:
+    """`inferq dev` with no service URLs: embedded servers, migrations, demo models, API and workers
+    answering a prediction over HTTP (``--exit`` checks that, then stops everything)."""
+    env = fresh_env(tmp_path)
     first = inferq("dev", "--exit", env=env)
-    assert "wine@2" in first.stderr
     assert "training demo model wine@2" in first.stderr
+    assert "smoke test: POST /v1/models/iris/predict → 200 setosa" in first.stderr
     again = inferq("dev", "--exit", env=env)  # idempotent: nothing retrained, nothing re-registered
     assert "training" not in again.stderr
     listed = json.loads(inferq("models", "list", env=env).stdout)
@@ -212,10 +231,14 @@ def test_dev_on_a_fresh_machine_with_embedded_services(tmp_path: Path) -> None:
 
 
 def test_two_dev_commands_at_once_share_services_and_seed_once(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("INFERQ_")}
-    env.update(INFERQ_STATE_DIR=str(tmp_path / "state"), INFERQ_MODEL_ROOT=str(tmp_path / "models"))
+    env = fresh_env(tmp_path)
     procs = [
-        subprocess.Popen([sys.executable, "-m", "inferq", "dev", "--exit"], env=env, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-m", "inferq", "dev", "--exit"],
+            env={**env, "INFERQ_PORT": str(free_port())},
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(2)
     ]
     logs = [p.communicate(timeout=120)[1] for p in procs]
