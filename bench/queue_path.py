@@ -30,7 +30,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from bench.harness import cpu_seconds, free_port, process, python, wait_http, wrk
+from harness import cpu_seconds, free_port, process, python, wait_http, wrk
 from inferq.cli.demo import build
 from inferq.contracts.messages import InferRequest, message_encoder
 from inferq.contracts.names import Names
@@ -125,7 +125,7 @@ def main() -> None:
         env.update(
             INFERQ_REDIS_URL=services.redis_url, INFERQ_DATABASE_URL=services.database_url,
             INFERQ_KEY_PREFIX=PREFIX, INFERQ_MODEL_ROOT=str(tmp / "models"), INFERQ_LOG_LEVEL="warning",
-            INFERQ_ADMISSION_LIMIT="100000", PYTHONPATH=str(Path(__file__).resolve().parent.parent),
+            INFERQ_ADMISSION_LIMIT="100000", PYTHONPATH=str(Path(__file__).resolve().parent),
         )  # fmt: skip
         redis_pid = _redis_pid(tmp / "state" / "redis")
         print(f"# {os.cpu_count()} cores; wrk 2 threads, {args.seconds:.0f}s per run; one row per request")
@@ -147,7 +147,7 @@ def run_model(
     print(f"\n## {name}@1: {per_row_us:.0f} µs per row in-process at batch 1")
     naive_port, api_port = free_port(), free_port()
     naive_env = {**env, "BENCH_MODEL_FILE": str(tmp / f"{name}.onnx")}
-    naive_cmd = [python(), "-m", "uvicorn", "bench.naive_server:app", "--port", str(naive_port), "--workers", "2",
+    naive_cmd = [python(), "-m", "uvicorn", "naive_server:app", "--port", str(naive_port), "--workers", "2",
                  "--log-level", "warning", "--no-access-log"]  # fmt: skip
     results: dict[tuple[str, int], Any] = {}
     with process(naive_cmd, env=naive_env, log=tmp / "naive.log") as naive:

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+_BY_CODE: dict[str, type[InferqError]] = {}
+
 
 class InferqError(Exception):
     """Base of every domain error: a stable ``code``, a message and structured details."""
@@ -30,7 +32,11 @@ class InferqError(Exception):
     code: ClassVar[str] = "internal_error"
     retryable: ClassVar[bool] = False
 
-    def __init__(self, message: str, **details: Any) -> None:
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _BY_CODE.setdefault(cls.code, cls)
+
+    def __init__(self, message: str, /, **details: Any) -> None:
         super().__init__(message)
         self.message = message
         self.details = details
@@ -102,17 +108,6 @@ class ServiceUnavailable(InferqError):
     retryable = True
 
 
-_BY_CODE: dict[str, type[InferqError]] = {}
-
-
-def _index(cls: type[InferqError]) -> None:
-    _BY_CODE.setdefault(cls.code, cls)
-    for sub in cls.__subclasses__():
-        _index(sub)
-
-
 def error_class(code: str) -> type[InferqError]:
     """The error class for a stable code (``InferqError`` for unknown codes)."""
-    if not _BY_CODE:
-        _index(InferqError)
     return _BY_CODE.get(code, InferqError)

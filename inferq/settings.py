@@ -7,9 +7,10 @@ Settings in code. Every variable is listed in ``docs/settings.md``.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -19,11 +20,11 @@ PREFIX = "INFERQ_"
 class EngineSettings(msgspec.Struct, frozen=True, kw_only=True):
     """ONNX Runtime and model cache knobs."""
 
-    intra_op_threads: int = 1
-    inter_op_threads: int = 1
-    cache_size: int = 8
+    intra_op_threads: Annotated[int, msgspec.Meta(ge=1, le=256)] = 1
+    inter_op_threads: Annotated[int, msgspec.Meta(ge=1, le=256)] = 1
+    cache_size: Annotated[int, msgspec.Meta(ge=1)] = 8
     model_root: Path = Path(".inferq/models")
-    max_model_bytes: int = 512 * 1024 * 1024
+    max_model_bytes: Annotated[int, msgspec.Meta(ge=1)] = 512 * 1024 * 1024
 
 
 class ServiceSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -33,7 +34,7 @@ class ServiceSettings(msgspec.Struct, frozen=True, kw_only=True):
     database_url: str | None = None
     key_prefix: str = "inferq"
     state_dir: Path = Path(".inferq")
-    socket_timeout_s: float = 2.0
+    socket_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 2.0
 
 
 class QueueSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -86,34 +87,43 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     queue: QueueSettings = QueueSettings()
     api: ApiSettings = ApiSettings()
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8000
     log_level: str = "info"
     webhook_allow_private: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Read every ``INFERQ_*`` variable; unknown or malformed ones are a clear error."""
+        """Read every ``INFERQ_*`` variable. A malformed value is a ``ValueError`` naming the variable;
+        an unknown ``INFERQ_*`` name (a typo such as ``INFERQ_REDIS_ULR``) is a warning."""
         env = os.environ if environ is None else environ
         values = {k[len(PREFIX) :].lower(): v for k, v in env.items() if k.startswith(PREFIX) and v != ""}
         sections: dict[str, dict[str, Any]] = {"services": {}, "engine": {}, "queue": {}, "api": {}}
         top: dict[str, Any] = {}
         for key, raw in values.items():
             section = _SECTION_OF.get(key)
-            if section is None:
-                if key in _TOP_FIELDS:
-                    top[key] = raw
-                continue  # foreign INFERQ_* variables (tests, tooling) are not ours to reject
-            field = _FIELD_ALIASES.get(key, key)
-            sections[section][field] = raw
+            if section is not None:
+                sections[section][_FIELD_ALIASES.get(key, key)] = raw
+            elif key in _TOP_FIELDS:
+                top[key] = raw
+            else:
+                warnings.warn(f"unknown setting {PREFIX}{key.upper()} is ignored", UnknownSetting, stacklevel=2)
         try:
-            return msgspec.convert(
-                {**top, **sections},
-                cls,
-                strict=False,
-                dec_hook=_decode_path,
-            )
+            return msgspec.convert({**top, **sections}, cls, strict=False, dec_hook=_decode_path)
         except msgspec.ValidationError as exc:
-            raise ValueError(f"invalid INFERQ_* setting: {exc}") from exc
+            raise ValueError(_explain(exc)) from exc
+
+
+class UnknownSetting(UserWarning):
+    """An ``INFERQ_*`` variable that no setting reads."""
+
+
+def _explain(exc: msgspec.ValidationError) -> str:
+    """msgspec's message with its ``$.section.field`` path replaced by the variable's name."""
+    text = str(exc)
+    path = text.rpartition("`$.")[2].rstrip("`")
+    field = path.rpartition(".")[2]
+    name = _ENV_NAME.get(field, field).upper()
+    return f"invalid {PREFIX}{name}: {text.partition(' - at ')[0]}"
 
 
 def _decode_path(type_: type, obj: Any) -> Any:
@@ -135,4 +145,5 @@ _SECTION_OF: dict[str, str] = {
     **{name: "queue" for name in QueueSettings.__struct_fields__},
     **{name: "api" for name in ApiSettings.__struct_fields__},
 }
+_ENV_NAME = {field: alias for alias, field in _FIELD_ALIASES.items()}
 _TOP_FIELDS = frozenset(set(Settings.__struct_fields__) - {"services", "engine", "queue", "api"})
