@@ -75,7 +75,10 @@ class WrkResult:
 def wrk(url: str, body: str, *, connections: int, seconds: float, threads: int = 2) -> WrkResult:
     """A closed-loop wrk run of POST ``body`` with ``connections`` concurrent connections."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write(f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = [==[{body}]==]\n')
+        # NOTE: a Lua long string with level 2: JSON bodies contain "]]", which would end a [[...]] string.
+        script.write(
+            f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = [==[{body}]==]\n'
+        )
     out = subprocess.run(
         ["wrk", f"-t{min(threads, connections)}", f"-c{connections}", f"-d{int(seconds)}s", "--latency",
          "-s", script.name, url],

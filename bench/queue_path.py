@@ -29,8 +29,8 @@ from typing import Any
 
 import httpx
 import numpy as np
-
 from harness import cpu_seconds, free_port, process, python, wait_http, wrk
+
 from inferq.cli.demo import build
 from inferq.contracts.messages import InferRequest, message_encoder
 from inferq.contracts.names import Names

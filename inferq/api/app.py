@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from importlib.metadata import PackageNotFoundError
-from importlib.metadata import version as package_version
+from typing import Any
 
-from litestar import Litestar
+from litestar import Litestar, Request, Response
 from litestar.datastructures import State
 from litestar.di import Provide
+from litestar.exceptions import HTTPException, MethodNotAllowedException, NotFoundException
 
 from inferq.api import runtime
 from inferq.api.access import RequestLog
@@ -17,9 +17,13 @@ from inferq.api.directory import ModelDirectory
 from inferq.api.docs import openapi_config, static_router
 from inferq.api.health import HealthChecks
 from inferq.api.metrics import Metrics
-from inferq.api.problems import problem_details_plugin
+from inferq.api.problems import from_http, problem_details_plugin
 from inferq.api.routes import HANDLERS
+from inferq.api.routes.v2 import V2_ROUTER
 from inferq.api.service import PredictionService
+from inferq.api.v2 import errors as v2_errors
+from inferq.api.v2.inference import V2Inference
+from inferq.api.v2.metadata import V2Metadata, server_version
 from inferq.settings import Settings
 
 
@@ -37,18 +41,21 @@ def create_app(settings: Settings) -> Litestar:
                 app.state.services = None
 
     return Litestar(
-        route_handlers=[*HANDLERS, static_router()],
+        route_handlers=[*HANDLERS, V2_ROUTER, static_router()],
         dependencies={
             "predictions": Provide(_predictions, sync_to_thread=False),
             "models": Provide(_models, sync_to_thread=False),
             "health": Provide(_health, sync_to_thread=False),
             "metrics": Provide(_metrics, sync_to_thread=False),
+            "v2_metadata": Provide(_v2_metadata, sync_to_thread=False),
+            "v2_inference": Provide(_v2_inference, sync_to_thread=False),
         },
         lifespan=[lifespan],
         state=State({"settings": settings, "metrics": metrics, "services": None}),
         middleware=[RequestLog(metrics)],
         plugins=[problem_details_plugin()],
-        openapi_config=openapi_config(version=_version()),
+        exception_handlers={NotFoundException: _routing_error, MethodNotAllowedException: _routing_error},
+        openapi_config=openapi_config(version=server_version()),
         request_max_body_size=settings.api.max_body_bytes,
         logging_config=None,
     )
@@ -59,6 +66,14 @@ def begin_drain(app: Litestar) -> None:
     services: runtime.Services | None = app.state.get("services")
     if services is not None:
         services.predictions.drain()
+
+
+def _routing_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    """No route (404) or method (405): ``{"error"}`` under ``/v2`` (stock V2 clients read it), else a problem."""
+    path = request.scope["path"]
+    if path == "/v2" or path.startswith("/v2/"):
+        return v2_errors.from_http(request, exc)
+    return from_http(exc).to_response(request)
 
 
 def _services(state: State) -> runtime.Services:
@@ -85,8 +100,9 @@ def _metrics(state: State) -> Metrics:
     return metrics
 
 
-def _version() -> str:
-    try:
-        return package_version("inferq")
-    except PackageNotFoundError:
-        return "0"
+def _v2_metadata(state: State) -> V2Metadata:
+    return _services(state).v2_metadata
+
+
+def _v2_inference(state: State) -> V2Inference:
+    return _services(state).v2_inference

@@ -32,7 +32,7 @@ class ModelDirectory:
 
     async def list_models(self) -> ModelList:
         infos = self._catalog.models()
-        ready = await self._ready([(info.name, v.version) for info in infos for v in info.versions])
+        ready = await self.ready([(info.name, v.version) for info in infos for v in info.versions])
         return ModelList(models=tuple(_view(info, ready) for info in infos))
 
     async def get_model(self, model: str) -> ModelView:
@@ -41,10 +41,11 @@ class ModelDirectory:
         except InvalidInput:
             raise ModelNotFound(f"model {model!r} not found", model=model) from None
         info = await self._catalog.model(name)
-        ready = await self._ready([(info.name, v.version) for v in info.versions])
+        ready = await self.ready([(info.name, v.version) for v in info.versions])
         return _view(info, ready)
 
-    async def _ready(self, keys: list[tuple[str, int]]) -> set[tuple[str, int]]:
+    async def ready(self, keys: list[tuple[str, int]]) -> set[tuple[str, int]]:
+        """The ``(model, version)`` pairs among ``keys`` a worker consumes now (none when Redis cannot say)."""
         if not keys:
             return set()
         pipe = self._redis.pipeline(transaction=False)

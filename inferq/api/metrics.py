@@ -36,7 +36,7 @@ class Metrics:
         self.predictions = Counter(
             "inferq_api_predictions_total",
             "Prediction requests by model, resolved version and outcome "
-            "(succeeded, failed, expired, dead_lettered, accepted, invalid_input, overloaded, unavailable).",
+            "(succeeded, failed, expired, dead_lettered, accepted, timed_out, invalid_input, overloaded, unavailable).",
             ["model", "version", "outcome"],
             registry=self.registry,
         )

@@ -13,6 +13,8 @@ from inferq.api.headers import CallLimits
 from inferq.api.health import HealthChecks
 from inferq.api.metrics import Metrics
 from inferq.api.service import PredictionService
+from inferq.api.v2.inference import V2Inference
+from inferq.api.v2.metadata import V2Metadata
 from inferq.contracts.names import Names
 from inferq.errors import ServiceUnavailable
 from inferq.settings import Settings
@@ -32,6 +34,8 @@ class Services:
     models: ModelDirectory
     health: HealthChecks
     catalog: ModelCatalog
+    v2_metadata: V2Metadata
+    v2_inference: V2Inference
 
 
 @contextlib.asynccontextmanager
@@ -57,6 +61,7 @@ async def opened(settings: Settings, *, metrics: Metrics) -> AsyncIterator[Servi
     instance = ReplyListener.instance_name()
     listener = ReplyListener(redis, channel=names.reply_channel(instance))
     short_ttl = queue.result_short_ttl_s or max(1, round(2 * queue.wait_max_s))
+    limits = CallLimits.of(settings)
     predictions = PredictionService(
         catalog=catalog,
         redis=redis,
@@ -65,7 +70,7 @@ async def opened(settings: Settings, *, metrics: Metrics) -> AsyncIterator[Servi
         results=ResultStore(redis, ttl=ResultTTL(long=queue.result_ttl_s, short=short_ttl)),
         names=names,
         queue=queue,
-        limits=CallLimits.of(settings),
+        limits=limits,
         instance=instance,
         max_elements=settings.api.max_elements,
         redis_timeout_s=services.socket_timeout_s,
@@ -77,11 +82,20 @@ async def opened(settings: Settings, *, metrics: Metrics) -> AsyncIterator[Servi
         # in the background and this process still starts (predictions get 503 until it is back).
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(listener.start(), timeout=services.socket_timeout_s)
+        directory = ModelDirectory(catalog=catalog, redis=redis, names=names, timeout_s=services.socket_timeout_s)
+        health = HealthChecks(redis=redis, engine=engine, timeout_s=settings.api.health_timeout_s)
         yield Services(
             predictions=predictions,
-            models=ModelDirectory(catalog=catalog, redis=redis, names=names, timeout_s=services.socket_timeout_s),
-            health=HealthChecks(redis=redis, engine=engine, timeout_s=settings.api.health_timeout_s),
+            models=directory,
+            health=health,
             catalog=catalog,
+            v2_metadata=V2Metadata(catalog=catalog, directory=directory, health=health),
+            v2_inference=V2Inference(
+                predictions=predictions,
+                limits=limits,
+                max_elements=settings.api.max_elements,
+                max_body_bytes=settings.api.max_body_bytes,
+            ),
         )
     finally:
         predictions.drain()

@@ -10,7 +10,7 @@ import asyncio
 import os
 import re
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -20,7 +20,7 @@ import structlog
 from inferq.api.catalog import ModelCatalog
 from inferq.api.headers import CallLimits
 from inferq.api.metrics import Metrics
-from inferq.contracts.messages import InferRequest, InferResult, Pending, Reply, State, message_encoder
+from inferq.contracts.messages import InferRequest, InferResult, OutputForm, Pending, Reply, State, message_encoder
 from inferq.contracts.models import ModelRef, ModelVersion
 from inferq.contracts.names import Names
 from inferq.errors import (
@@ -58,6 +58,11 @@ class PredictCall:
     ttl_ms: int
     correlation_id: str
     tenant: str = DEFAULT_TENANT
+    output: OutputForm = "predictions"
+    output_names: tuple[str, ...] = ()
+    priority: int = 0
+    placehold: bool = True  # no result in time: keep a placeholder so the id can be polled (v1's 202)
+    running_wait_s: float = 0.0  # after ``wait_s``, hold this much longer if a worker has taken the request
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +125,11 @@ class PredictionService:
         self._draining = False
 
     @property
+    def draining(self) -> bool:
+        """This process is shutting down: held callers were released, new predictions are refused."""
+        return self._draining
+
+    @property
     def held(self) -> int:
         """Callers waiting for a result right now."""
         return len(self._held)
@@ -130,36 +140,50 @@ class PredictionService:
         for future in list(self._held):
             future.cancel()
 
-    async def predict(self, call: PredictCall) -> Answer:
-        """Validate, enqueue and hold up to ``call.wait_s``; raises domain errors for every rejection."""
+    async def resolve(self, ref: ModelRef) -> ModelVersion:
+        """The version a call to ``ref`` would use now (an alias's weighted pick included)."""
+        return await self._catalog.resolve(ref)
+
+    async def predict(self, call: PredictCall, *, version: ModelVersion | None = None) -> Answer:
+        """Validate, enqueue and hold up to ``call.wait_s``; raises domain errors for every rejection.
+
+        ``version``: already resolved by the caller (it validated against that signature), else resolved here.
+        """
         started = time.perf_counter()
-        version = await self._catalog.resolve(call.ref)
+        version = version or await self._catalog.resolve(call.ref)
         structlog.contextvars.bind_contextvars(model=version.model, version=version.version)
         message = self._message(call, version)
         future = self._listener.expect(message.id)  # before the XADD: the reply may beat our await
         self._held.add(future)
         self._metrics.held.inc()
         try:
-            entry_id = await self._enqueue(self._partition(version), version, message_encoder.encode(message))
-            await _hold(future, call.wait_s)
+            part = self._partition(version)
+            entry_id = await self._enqueue(part, version, message_encoder.encode(message))
+            if call.running_wait_s > 0:
+                await _hold_while_running(
+                    future, call.wait_s, call.running_wait_s, running=lambda: self._delivered(part, entry_id)
+                )
+            else:
+                await _hold(future, call.wait_s)
         finally:
             self._listener.forget(message.id)
             self._held.discard(future)
             self._metrics.held.dec()
         result = future.result() if future.done() and not future.cancelled() else await self._late_result(message.id)
-        outcome = "accepted" if result is None else result.status
+        outcome = result.status if result is not None else "accepted" if call.placehold else "timed_out"
         self._metrics.count_prediction(model=version.model, version=version.version, outcome=outcome)
         if result is None:
-            await self._placehold(
-                Pending(
-                    id=message.id,
-                    tenant=call.tenant,
-                    model=version.model,
-                    version=version.version,
-                    entry_id=entry_id,
-                    ttl_ms=call.ttl_ms,
+            if call.placehold:
+                await self._placehold(
+                    Pending(
+                        id=message.id,
+                        tenant=call.tenant,
+                        model=version.model,
+                        version=version.version,
+                        entry_id=entry_id,
+                        ttl_ms=call.ttl_ms,
+                    )
                 )
-            )
         elif result.status != "succeeded":
             raise result_error(result)
         return Answer(message.id, version.model, version.version, result, _ms_since(started))
@@ -183,6 +207,9 @@ class PredictionService:
             inputs=encode_tensors(feeds),
             rows=batch_size(feeds),
             ttl_ms=call.ttl_ms,
+            output=call.output,
+            output_names=call.output_names,
+            priority=call.priority,
             correlation_id=call.correlation_id,
             reply=self._reply,
         )
@@ -242,6 +269,16 @@ class PredictionService:
         except UNAVAILABLE as exc:
             raise ServiceUnavailable(f"redis is unavailable: {exc}", retry_after_s=1) from exc
 
+    async def _delivered(self, part: Partition, entry_id: str) -> bool:
+        """Whether a worker has taken the entry (delivered, not yet acknowledged): it is running."""
+        try:
+            found = await self._bounded(
+                self._redis.xpending_range(part.work, part.group, min=entry_id, max=entry_id, count=1)
+            )
+        except (ServiceUnavailable, aioredis.ResponseError):  # no answer, or no group: no worker has it
+            return False
+        return bool(found)
+
     def _partition(self, version: ModelVersion) -> Partition:
         key = (version.model, version.version)
         part = self._partitions.get(key)
@@ -267,6 +304,19 @@ async def _hold(future: asyncio.Future[InferResult], wait_s: float) -> None:
             raise
     finally:
         timer.cancel()
+
+
+async def _hold_while_running(
+    future: asyncio.Future[InferResult], wait_s: float, running_wait_s: float, *, running: Callable[[], Awaitable[bool]]
+) -> None:
+    """Wait up to ``wait_s``, then up to ``running_wait_s`` more if ``running()`` says a worker has the request.
+
+    NOTE: ``asyncio.wait`` leaves the future alone at the timeout (``_hold``'s timer cancels it).
+    """
+    if not future.done() and wait_s > 0:
+        await asyncio.wait((future,), timeout=wait_s)
+    if not future.done() and await running():
+        await asyncio.wait((future,), timeout=running_wait_s)
 
 
 def result_error(result: InferResult) -> InferqError:

@@ -21,6 +21,16 @@ ROUTES = {
     "/v1/models/{model}": "get",
     "/health/live": "get",
     "/health/ready": "get",
+    "/v2": "get",
+    "/v2/health/live": "get",
+    "/v2/health/ready": "get",
+    "/v2/models/{model}": "get",
+    "/v2/models/{model}/versions/{version}": "get",
+    "/v2/models/{model}/ready": "get",
+    "/v2/models/{model}/versions/{version}/ready": "get",
+    "/v2/models/{model}/infer": "post",
+    "/v2/models/{model}/versions/{version}/infer": "post",
+    "/v2/predictions/{prediction_id}": "get",
 }
 
 
