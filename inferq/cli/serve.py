@@ -32,9 +32,9 @@ import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 
 from inferq.api import begin_drain, create_app
-from inferq.api.logs import configure_logging
 from inferq.cli.runtime import prepare_database
 from inferq.embedded import started_services
+from inferq.observability.logs import configure_logging
 from inferq.settings import Settings
 
 log = structlog.get_logger("inferq.serve")

@@ -13,18 +13,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import logging
 import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from typing import Any
 
-import structlog
-
 from inferq.cli.output import fail, say
 from inferq.cli.runtime import opened
 from inferq.errors import InferqError, InvalidInput
+from inferq.observability.logs import configure_logging
 from inferq.settings import ServiceSettings, Settings
 
 PARENT_CHECK_S = 1.0
@@ -70,25 +68,6 @@ async def serve_pool(settings: Settings, *, all_models: bool, models: list[str] 
                 watcher.cancel()
             await redis.aclose()
     return 0
-
-
-def configure_logging(level: str) -> None:
-    """structlog JSON lines on stderr (stdout is for machine output); stdlib logging to stderr too."""
-    numeric = logging.getLevelName(level.upper())
-    numeric = numeric if isinstance(numeric, int) else logging.INFO
-    logging.basicConfig(level=numeric, stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.dict_tracebacks,
-            structlog.processors.JSONRenderer(),
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=True,
-    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,7 +17,11 @@ def _dumps(event: Any, **_: Any) -> bytes:
 
 
 def configure_logging(level: str = "info") -> None:
-    """Configure structlog for this process (call once, at process start)."""
+    """structlog JSON lines on stderr (stdout is for machine output), and stdlib logging there too.
+
+    Call once, at process start."""
+    numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
+    logging.basicConfig(level=numeric, stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -26,7 +30,7 @@ def configure_logging(level: str = "info") -> None:
             structlog.processors.dict_tracebacks,
             structlog.processors.JSONRenderer(serializer=_dumps),  # msgspec: a third of json's cost
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.BytesLoggerFactory(file=sys.stderr.buffer),
         cache_logger_on_first_use=True,
     )
