@@ -32,17 +32,37 @@ log = structlog.get_logger(__name__)
 INLINE_MAX_MS = 2.0
 
 
+SMALL_BATCH_ROWS = 4  # runs this small measure the fixed cost; larger ones the cost per row
+
+
 @dataclass(slots=True)
 class Throughput:
-    """Rows answered so far, and the smoothed run time per row (predicts whether a batch is long)."""
+    """Rows answered so far, and a run-time model ``fixed_ms + rows × ms_per_row`` (is a batch long?).
+
+    NOTE: one smoothed "ms per row" over all runs mixes batch-1 runs, where the fixed cost dominates
+    (~0.1 ms/row), with full batches (~0.005 ms/row), and sent full batches to a thread by mistake.
+    """
 
     rows: int = 0
+    fixed_ms: float = 0.0
     ms_per_row: float = 0.0
 
     def add(self, rows: int, elapsed_ms: float) -> None:
         self.rows += rows
-        per_row = elapsed_ms / max(1, rows)
-        self.ms_per_row = per_row if self.ms_per_row == 0 else 0.8 * self.ms_per_row + 0.2 * per_row
+        if rows <= SMALL_BATCH_ROWS:
+            self.fixed_ms = _smooth(self.fixed_ms, elapsed_ms)
+        else:
+            self.ms_per_row = _smooth(self.ms_per_row, max(0.0, elapsed_ms - self.fixed_ms) / rows)
+
+    def predict_ms(self, rows: int) -> float | None:
+        """Expected run time of ``rows``; ``None`` until a larger batch has been measured."""
+        if self.ms_per_row == 0:
+            return None
+        return self.fixed_ms + rows * self.ms_per_row
+
+
+def _smooth(average: float, sample: float) -> float:
+    return sample if average == 0 else 0.8 * average + 0.2 * sample
 
 
 class Executor:
@@ -118,10 +138,10 @@ class Executor:
 
     def _threaded(self, rows: int) -> bool:
         """Predicted to run ≥ ``INLINE_MAX_MS``; before any measurement, ``thread_crossover_rows`` decides."""
-        per_row = self.throughput.ms_per_row
-        if per_row == 0:
+        predicted = self.throughput.predict_ms(rows)
+        if predicted is None:
             return rows >= self._settings.queue.thread_crossover_rows
-        return rows * per_row >= INLINE_MAX_MS
+        return predicted >= INLINE_MAX_MS
 
     async def load(self) -> Runner:
         """The version's runner, loaded on first use (``ServiceUnavailable`` while Postgres is down)."""
