@@ -163,4 +163,7 @@ def _timings(result: InferResult, *, total_ms: float | None) -> ResponseTimings 
     if t is None:
         return None
     total = total_ms if total_ms is not None else round(t.queue_ms + t.inference_ms, 3)
-    return ResponseTimings(queue_ms=t.queue_ms, inference_ms=t.inference_ms, total_ms=total, batch_rows=t.batch_rows)
+    # NOTE: queue_ms comes from millisecond stream-entry ids on Redis's clock, total_ms from this
+    # process's clock: within a millisecond, queue time can read longer than the whole call.
+    queue = min(t.queue_ms, max(0.0, total - t.inference_ms))
+    return ResponseTimings(queue_ms=queue, inference_ms=t.inference_ms, total_ms=total, batch_rows=t.batch_rows)
