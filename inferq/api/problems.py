@@ -104,6 +104,11 @@ def from_http(exc: HTTPException) -> ProblemDetailsException:
     return problem(status=status, code=code, detail=detail, headers=exc.headers)
 
 
+def from_bad_text(exc: UnicodeDecodeError) -> ProblemDetailsException:
+    """msgspec raises ``UnicodeDecodeError`` (not a decode error) for invalid UTF-8 inside a JSON string."""
+    return problem(status=400, code="malformed_request", detail="the body is not valid JSON: a string is not UTF-8")
+
+
 def from_unexpected(exc: Exception) -> ProblemDetailsException:
     log.exception("http.unhandled_error", error_type=type(exc).__name__)
     return problem(status=500, code="internal_error", detail="internal error; the request id is in X-Request-ID")
@@ -114,6 +119,7 @@ def problem_details_plugin() -> ProblemDetailsPlugin:
     mapping: dict[type[Exception], Any] = {
         InferqError: from_domain,
         HTTPException: from_http,
+        UnicodeDecodeError: from_bad_text,
         Exception: from_unexpected,
     }
     return ProblemDetailsPlugin(ProblemDetailsConfig(exception_to_problem_detail_map=mapping))

@@ -28,7 +28,9 @@ from inferq.workers.executor import Executor
 from inferq.workers.publisher import Outcome, Publisher
 
 log = structlog.get_logger(__name__)
-CLAIM_COUNT = 16
+# NOTE: one entry per claim: claiming counts a delivery, so a batch claimed together would walk healthy
+# entries towards the dead-letter stream whenever an earlier one (a poison message) crashes the process.
+CLAIM_COUNT = 1
 
 
 class Reclaimer:

@@ -63,6 +63,8 @@ def decode_body(header: bytes, *, framed: bool) -> InferBody:
         if not framed and "trailing characters" in str(exc):
             hint = "; binary data after the JSON needs the Inference-Header-Content-Length header"
         raise MalformedRequest(f"the infer request is not valid JSON: {exc}{hint}") from None
+    except UnicodeDecodeError:  # msgspec raises this, not DecodeError, for bad UTF-8 inside a string
+        raise MalformedRequest("the infer request is not valid JSON: a string is not UTF-8") from None
 
 
 def requested_outputs(
