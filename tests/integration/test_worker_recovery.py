@@ -115,8 +115,9 @@ async def test_heartbeats_keep_a_long_run_from_being_reclaimed(
         thread_crossover_rows=1,
     )  # fmt: skip
     async with running_pool(fast, sessionmaker, select(version)):
-        results = await wait_results(redis_client, settings, [request.id])
-        await wait_for(lambda: _no_pending(redis_client, part), what="the reclaimed run to settle")
+        # generous bounds: the run is CPU-heavy (~0.6 s quiet) and CI machines are shared
+        results = await wait_results(redis_client, settings, [request.id], timeout_s=60)
+        await wait_for(lambda: _no_pending(redis_client, part), timeout_s=60, what="the reclaimed run to settle")
 
     assert results[request.id].status == "succeeded"
     assert [line["delivery"] for line in ledger_lines(ledger)] == list(range(1, runs + 1))
