@@ -81,11 +81,16 @@ def status_of(exc: InferqError) -> int:
     return _STATUS.get(exc.code, 500)
 
 
+def retry_headers(exc: InferqError, status: int) -> dict[str, str] | None:
+    """``Retry-After`` for a 503 (from the error's ``retry_after_s``, at least 1 s)."""
+    if status != 503:
+        return None
+    return {"Retry-After": str(max(1, math.ceil(float(exc.details.get("retry_after_s", 1)))))}
+
+
 def from_domain(exc: InferqError) -> ProblemDetailsException:
     status = status_of(exc)
-    headers: dict[str, str] | None = None
-    if status == 503:
-        headers = {"Retry-After": str(max(1, math.ceil(float(exc.details.get("retry_after_s", 1)))))}
+    headers = retry_headers(exc, status)
     if status == 500:
         log.warning("http.inference_failed", code=exc.code, error=exc.message)
     return problem(status=status, code=exc.code, detail=exc.message, details=exc.details, headers=headers)

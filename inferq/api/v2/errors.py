@@ -14,7 +14,6 @@ Litestar's own errors inside ``/v2`` (body too large, …) keep their status and
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import structlog
@@ -23,26 +22,17 @@ from litestar.exceptions import HTTPException
 from litestar.response import Response
 from litestar.types import ExceptionHandlersMap
 
+from inferq.api import problems
 from inferq.contracts.v2 import ErrorBody, json_encoder
-from inferq.errors import InferqError, NotFound
+from inferq.errors import InferqError
 
 log = structlog.get_logger(__name__)
 
-_STATUS: dict[str, int] = {
-    "invalid_input": 400,
-    "malformed_request": 400,
-    "conflict": 409,
-    "overloaded": 503,
-    "service_unavailable": 503,
-    "model_load_failed": 503,
-    "deadline_exceeded": 504,
-}
-
 
 def status_of(exc: InferqError) -> int:
-    if isinstance(exc, NotFound):
-        return 404
-    return _STATUS.get(exc.code, 500)
+    """v1's mapping (inferq.api.problems), except that V2 answers bad input with 400, not 422."""
+    status = problems.status_of(exc)
+    return 400 if status == 422 else status
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response[bytes]:
@@ -52,9 +42,7 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
 
 def from_domain(request: Request[Any, Any, Any], exc: InferqError) -> Response[bytes]:
     status = status_of(exc)
-    headers: dict[str, str] | None = None
-    if status == 503:
-        headers = {"Retry-After": str(max(1, math.ceil(float(exc.details.get("retry_after_s", 1)))))}
+    headers = problems.retry_headers(exc, status)
     if status == 500:
         log.warning("v2.inference_failed", code=exc.code, error=exc.message)
     return error_response(status, exc.message, headers)
