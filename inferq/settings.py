@@ -81,11 +81,28 @@ class ApiSettings(msgspec.Struct, frozen=True, kw_only=True):
     shutdown_timeout_s: float = 10.0  # uvicorn's graceful shutdown after waiters were answered
 
 
+class JobsSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """Durable jobs and their webhooks: chunking, limits, retention, the retry schedule, the reconciler."""
+
+    chunk_rows: Annotated[int, msgspec.Meta(ge=1, le=65_536)] = 256
+    max_job_rows: Annotated[int, msgspec.Meta(ge=1)] = 1_000_000
+    max_upload_bytes: Annotated[int, msgspec.Meta(ge=1)] = 256 * 1024 * 1024
+    completion_window_default_s: Annotated[float, msgspec.Meta(gt=0)] = 86_400.0
+    completion_window_max_s: Annotated[float, msgspec.Meta(gt=0)] = 7 * 86_400.0
+    job_retention_s: Annotated[float, msgspec.Meta(gt=0)] = 30 * 86_400.0  # results deleted after this
+    stranded_after_s: Annotated[float, msgspec.Meta(ge=0)] = 60.0  # a chunk's entry missing this long → re-enqueued
+    reconcile_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    webhook_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=15)] = 15.0
+    webhook_retry_scale: Annotated[float, msgspec.Meta(ge=0)] = 1.0  # multiplies the retry schedule (tests: ~0)
+    webhook_max_attempts: Annotated[int, msgspec.Meta(ge=1)] = 8
+
+
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     services: ServiceSettings = ServiceSettings()
     engine: EngineSettings = EngineSettings()
     queue: QueueSettings = QueueSettings()
     api: ApiSettings = ApiSettings()
+    jobs: JobsSettings = JobsSettings()
     host: str = "127.0.0.1"
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8000
     log_level: str = "info"
@@ -97,7 +114,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         an unknown ``INFERQ_*`` name (a typo such as ``INFERQ_REDIS_ULR``) is a warning."""
         env = os.environ if environ is None else environ
         values = {k[len(PREFIX) :].lower(): v for k, v in env.items() if k.startswith(PREFIX) and v != ""}
-        sections: dict[str, dict[str, Any]] = {"services": {}, "engine": {}, "queue": {}, "api": {}}
+        sections: dict[str, dict[str, Any]] = {"services": {}, "engine": {}, "queue": {}, "api": {}, "jobs": {}}
         top: dict[str, Any] = {}
         for key, raw in values.items():
             section = _SECTION_OF.get(key)
@@ -144,6 +161,7 @@ _SECTION_OF: dict[str, str] = {
     **{alias: "engine" for alias in _FIELD_ALIASES},
     **{name: "queue" for name in QueueSettings.__struct_fields__},
     **{name: "api" for name in ApiSettings.__struct_fields__},
+    **{name: "jobs" for name in JobsSettings.__struct_fields__},
 }
 _ENV_NAME = {field: alias for alias, field in _FIELD_ALIASES.items()}
-_TOP_FIELDS = frozenset(set(Settings.__struct_fields__) - {"services", "engine", "queue", "api"})
+_TOP_FIELDS = frozenset(set(Settings.__struct_fields__) - {"services", "engine", "queue", "api", "jobs"})
