@@ -4,11 +4,17 @@
     ├── NotFound
     │   ├── ModelNotFound            model_not_found
     │   ├── VersionNotFound          version_not_found
-    │   └── AliasNotFound            alias_not_found
+    │   ├── AliasNotFound            alias_not_found
+    │   ├── JobNotFound              job_not_found
+    │   └── DeliveryNotFound         delivery_not_found
     ├── InvalidInput                 invalid_input
     ├── MalformedRequest             malformed_request
     ├── InvalidModel                 invalid_model
     ├── Conflict                     conflict
+    │   ├── IdempotencyConflict      idempotency_conflict
+    │   └── JobFinished              job_finished
+    ├── UnsafeWebhookUrl             unsafe_webhook_url
+    ├── PayloadTooLarge              payload_too_large
     ├── ModelLoadFailed              model_load_failed    yes
     ├── InferenceFailed              inference_failed
     ├── Overloaded                   overloaded           yes
@@ -81,6 +87,38 @@ class InvalidModel(InferqError):
 
 class Conflict(InferqError):
     code = "conflict"
+
+
+class JobNotFound(NotFound):
+    code = "job_not_found"
+
+
+class DeliveryNotFound(NotFound):
+    code = "delivery_not_found"
+
+
+class IdempotencyConflict(Conflict):
+    """An ``Idempotency-Key`` reused with a different request body."""
+
+    code = "idempotency_conflict"
+
+
+class JobFinished(Conflict):
+    """The job is already in a terminal state (e.g. cancel after completion)."""
+
+    code = "job_finished"
+
+
+class UnsafeWebhookUrl(InferqError):
+    """A webhook URL that is malformed or resolves to a loopback/private/link-local/metadata address."""
+
+    code = "unsafe_webhook_url"
+
+
+class PayloadTooLarge(InferqError):
+    """A body, upload or job over its configured size or row limit."""
+
+    code = "payload_too_large"
 
 
 class ModelLoadFailed(InferqError):
