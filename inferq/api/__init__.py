@@ -1,5 +1,6 @@
 """The HTTP API: Litestar adapters over a service layer that has no Litestar in it."""
 
 from inferq.api.app import begin_drain, create_app
+from inferq.api.fastpath import FastPredict
 
-__all__ = ["begin_drain", "create_app"]
+__all__ = ["FastPredict", "begin_drain", "create_app"]

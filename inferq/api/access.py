@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Mapping
+from typing import Any
 
 import structlog
 from litestar.enums import ScopeType
@@ -36,7 +38,7 @@ class RequestLog(ASGIMiddleware):
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         started = time.perf_counter()
-        cid = _client_id(scope) or os.urandom(16).hex()
+        cid = client_id(scope) or os.urandom(16).hex()
         scope["state"]["correlation_id"] = cid
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(correlation_id=cid)
@@ -53,21 +55,20 @@ class RequestLog(ASGIMiddleware):
         try:
             await next_app(scope, receive, send_with_id)
         finally:
-            elapsed = time.perf_counter() - started
             route = scope.get("path_template") or "unmatched"
-            method = str(scope.get("method", ""))
-            self._metrics.count_request(route=route, method=method, status=status, seconds=elapsed)
-            log.info(
-                "http.request",
-                method=method,
-                route=route,
-                path=scope["path"],
-                status=status,
-                duration_ms=round(elapsed * 1000, 3),
-            )
+            log_request(self._metrics, scope, route=route, status=status, seconds=time.perf_counter() - started)
 
 
-def _client_id(scope: Scope) -> str | None:
+def log_request(metrics: Metrics, scope: Mapping[str, Any], *, route: str, status: int, seconds: float) -> None:
+    """The request's metrics and its one ``http.request`` line."""
+    method = str(scope.get("method", ""))
+    metrics.count_request(route=route, method=method, status=status, seconds=seconds)
+    log.info("http.request", method=method, route=route, path=scope["path"], status=status,
+             duration_ms=round(seconds * 1000, 3))  # fmt: skip
+
+
+def client_id(scope: Mapping[str, Any]) -> str | None:
+    """The caller's ``X-Request-ID`` when it is a sane token (else a new id is made)."""
     for name, value in scope["headers"]:
         if name == b"x-request-id":
             return value.decode() if _CLIENT_ID.match(value) else None

@@ -31,7 +31,8 @@ import structlog
 import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 
-from inferq.api import begin_drain, create_app
+from inferq.api import FastPredict, begin_drain, create_app
+from inferq.api.protocol import CorkedHttpToolsProtocol
 from inferq.cli.runtime import prepare_database
 from inferq.embedded import started_services
 from inferq.observability.logs import configure_logging
@@ -99,11 +100,11 @@ def serve(settings: Settings, *, host: str, port: int, sockets: list[socket.sock
     """One API server process: blocks until it has drained and stopped; 1 if it never started."""
     app = create_app(settings)
     config = uvicorn.Config(
-        app,
+        FastPredict(app),
         host=host,
         port=port,
         loop="uvloop",
-        http="httptools",
+        http=CorkedHttpToolsProtocol,
         lifespan="on",
         access_log=False,  # the app logs one line per request itself
         server_header=False,

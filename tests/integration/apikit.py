@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 from asgi_lifespan import LifespanManager
 from litestar import Litestar
 
-from inferq.api import create_app
+from inferq.api import FastPredict, create_app
 from inferq.api.service import PredictionService
 from inferq.contracts.messages import InferRequest, InferResult, Timings, request_decoder
 from inferq.contracts.models import ModelSignature, TensorSpec
@@ -95,7 +95,9 @@ async def running(settings: Settings) -> AsyncIterator[Api]:
     app = create_app(settings)
     async with (
         LifespanManager(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api", timeout=30) as client,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=FastPredict(app)), base_url="http://api", timeout=30
+        ) as client,
     ):
         yield Api(app=app, client=client, settings=settings)
 

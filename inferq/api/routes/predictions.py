@@ -54,7 +54,7 @@ async def predict(
     request: Request[Any, Any, Any],
     predictions: NamedDependency[PredictionService],
 ) -> Response[PredictionResponse]:
-    return await _predict(request, predictions, ref=_model_ref(model), data=data)
+    return await _predict(request, predictions, ref=model_ref(model), data=data)
 
 
 @post(
@@ -74,7 +74,7 @@ async def predict_version(
 ) -> Response[PredictionResponse]:
     if "@" in model:
         raise ModelNotFound(f"model {model!r} not found: name the version in the path only", model=model)
-    name = _model_ref(model).name
+    name = model_ref(model).name
     if not version.isdecimal() or int(version) < 1:
         raise VersionNotFound(f"model {name!r} has no version {version!r}", model=name, version=version)
     return await _predict(request, predictions, ref=ModelRef(name=name, version=int(version)), data=data)
@@ -96,22 +96,27 @@ async def _predict(
     request: Request[Any, Any, Any], service: PredictionService, *, ref: ModelRef, data: PredictBody
 ) -> Response[PredictionResponse]:
     # NOTE: one dependency per handler: Litestar resolves two or more in an anyio task group per request.
-    prefer, cancel_after = _headers(request.scope["headers"])
+    prefer, cancel_after = read_headers(request.scope["headers"])
     hold = service.limits.hold(prefer)
     ttl_ms = service.limits.ttl_ms(cancel_after)
     call = PredictCall(
         ref=ref, inputs=data.inputs, wait_s=hold.wait_s, ttl_ms=ttl_ms, correlation_id=correlation_id(request.scope)
     )
-    answer = await service.predict(call)
-    echo = {"Preference-Applied": hold.applied} if hold.applied else {}
+    status, body, headers = answer_response(await service.predict(call), applied=hold.applied)
+    return Response(body, status_code=status, headers=headers)
+
+
+def answer_response(answer: Answer, *, applied: str | None) -> tuple[int, PredictionResponse, dict[str, str]]:
+    """Status, body and headers for a finished call: 200 with the result, or 202 pointing at it."""
+    headers = {"Preference-Applied": applied} if applied else {}
     if answer.result is None:
-        echo["Location"] = f"/v1/predictions/{answer.request_id}"
+        headers["Location"] = f"/v1/predictions/{answer.request_id}"
         body = PredictionResponse(id=answer.request_id, status="queued", model=answer.model, version=answer.version)
-        return Response(body, status_code=202, headers=echo)
-    return Response(_answer_body(answer, answer.result), status_code=200, headers=echo)
+        return 202, body, headers
+    return 200, _answer_body(answer, answer.result), headers
 
 
-def _headers(raw: Iterable[tuple[bytes, bytes]]) -> tuple[str | None, str | None]:
+def read_headers(raw: Iterable[tuple[bytes, bytes]]) -> tuple[str | None, str | None]:
     """``Prefer`` (repeated ones joined) and ``Cancel-After``, read straight from the ASGI headers."""
     prefer: list[str] = []
     cancel_after: str | None = None
@@ -123,7 +128,7 @@ def _headers(raw: Iterable[tuple[bytes, bytes]]) -> tuple[str | None, str | None
     return (", ".join(prefer) or None), cancel_after
 
 
-def _model_ref(text: str) -> ModelRef:
+def model_ref(text: str) -> ModelRef:
     try:
         return ModelRef.parse(text)
     except InvalidInput as exc:
