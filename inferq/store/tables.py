@@ -121,3 +121,158 @@ class AliasRow(Base):
     fallback: Mapped[bool] = mapped_column(server_default="false")
     updated_at: Mapped[dt.datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
     __table_args__ = (CheckConstraint("jsonb_typeof(weights) = 'object'", name="weights_object"),)
+
+
+# Jobs, their chunks and outbox events, and webhook deliveries (migration 0002).
+# NOTE: appended as one block with its own imports so this section merges cleanly; hoist them when convenient.
+from sqlalchemy import Index, UniqueConstraint, text  # noqa: E402
+from sqlalchemy.dialects.postgresql import ARRAY  # noqa: E402
+
+from inferq.contracts.deliveries import DELIVERY_STATUSES  # noqa: E402
+from inferq.contracts.jobs import CHUNK_STATUSES, EVENT_TYPES, JOB_STATUSES  # noqa: E402
+
+_OPEN_JOB = text("status IN ('queued', 'running')")
+
+
+class JobRow(Base):
+    """A batch job: rows for one model version, counters kept by its chunks, one terminal status."""
+
+    __tablename__ = "jobs"
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(Text, ForeignKey("tenants.id"))
+    model: Mapped[str] = mapped_column(Text)
+    version: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(Text, server_default="queued")
+    total_rows: Mapped[int] = mapped_column(Integer, server_default="0")
+    succeeded_rows: Mapped[int] = mapped_column(Integer, server_default="0")
+    failed_rows: Mapped[int] = mapped_column(Integer, server_default="0")
+    chunks_total: Mapped[int] = mapped_column(Integer, server_default="0")
+    chunks_done: Mapped[int] = mapped_column(Integer, server_default="0")
+    idempotency_key: Mapped[str | None] = mapped_column(Text)
+    request_sha256: Mapped[str | None] = mapped_column(Text)
+    webhook_url: Mapped[str | None] = mapped_column(Text)
+    webhook_events: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default="{}")
+    completion_window_s: Mapped[float]
+    deadline_at: Mapped[dt.datetime]
+    created_at: Mapped[dt.datetime] = _created_at()
+    started_at: Mapped[dt.datetime | None]
+    finished_at: Mapped[dt.datetime | None]
+    error: Mapped[dict[str, Any] | None]
+    correlation_id: Mapped[str] = mapped_column(Text, server_default="")
+    # NOTE: ``metadata`` is reserved on declarative classes; the column keeps the API's name.
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", server_default="{}")
+    __table_args__ = (
+        CheckConstraint(f"status IN {JOB_STATUSES!r}", name="status"),
+        CheckConstraint(
+            "least(total_rows, succeeded_rows, failed_rows, chunks_done) >= 0 AND chunks_done <= chunks_total",
+            name="counts",
+        ),
+        CheckConstraint("(finished_at IS NULL) = (status IN ('queued', 'running'))", name="finished_when_terminal"),
+        UniqueConstraint("tenant_id", "idempotency_key"),
+        Index("ix_jobs_listing", "tenant_id", text("created_at DESC"), text("id DESC")),
+        Index("ix_jobs_open", "status", "deadline_at", postgresql_where=_OPEN_JOB),
+        Index("ix_jobs_finished_at", "finished_at", postgresql_where=text("finished_at IS NOT NULL")),
+    )
+
+
+class JobChunkRow(Base):
+    """Up to ``chunk_rows`` rows of a job: encoded inputs to run, then their outcomes (msgpack)."""
+
+    __tablename__ = "job_chunks"
+    job_id: Mapped[str] = mapped_column(Text, ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    row_count: Mapped[int] = mapped_column(Integer)
+    indexes: Mapped[list[int]] = mapped_column(ARRAY(Integer))
+    custom_ids: Mapped[list[str | None]] = mapped_column(ARRAY(Text))
+    lines: Mapped[list[int] | None] = mapped_column(ARRAY(Integer))
+    inputs: Mapped[bytes | None] = mapped_column(LargeBinary)
+    status: Mapped[str] = mapped_column(Text, server_default="queued")
+    entry_id: Mapped[str | None] = mapped_column(Text)
+    enqueued_at: Mapped[dt.datetime | None]
+    outputs: Mapped[bytes | None] = mapped_column(LargeBinary)
+    succeeded: Mapped[int] = mapped_column(Integer, server_default="0")
+    failed: Mapped[int] = mapped_column(Integer, server_default="0")
+    finished_at: Mapped[dt.datetime | None]
+    __table_args__ = (
+        CheckConstraint(f"status IN {CHUNK_STATUSES!r}", name="status"),
+        CheckConstraint("row_count >= 1 AND cardinality(indexes) = row_count", name="rows"),
+        CheckConstraint("status <> 'done' OR outputs IS NOT NULL", name="outputs_when_done"),
+        Index("ix_job_chunks_queued", "enqueued_at", postgresql_where=text("status = 'queued'")),
+    )
+
+
+class JobEventRow(Base):
+    """The outbox: one event per job state change (``UNIQUE (job_id, type)``); ``id`` is the webhook-id."""
+
+    __tablename__ = "job_events"
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    job_id: Mapped[str] = mapped_column(Text, ForeignKey("jobs.id", ondelete="CASCADE"))
+    tenant_id: Mapped[str] = mapped_column(Text)
+    type: Mapped[str] = mapped_column(Text)
+    payload: Mapped[dict[str, Any]]
+    created_at: Mapped[dt.datetime] = _created_at()
+    __table_args__ = (
+        CheckConstraint(f"type IN {EVENT_TYPES!r}", name="type"),
+        UniqueConstraint("job_id", "type"),
+    )
+
+
+class DeliveryRow(Base):
+    """One event's delivery to one URL: its status and retry schedule (``UNIQUE (event_id, url)``)."""
+
+    __tablename__ = "webhook_deliveries"
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    event_id: Mapped[str] = mapped_column(Text, ForeignKey("job_events.id", ondelete="CASCADE"))
+    job_id: Mapped[str] = mapped_column(Text, ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    tenant_id: Mapped[str] = mapped_column(Text)
+    url: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(Text, server_default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    next_attempt_at: Mapped[dt.datetime | None]
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    last_excerpt: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = _created_at()
+    updated_at: Mapped[dt.datetime] = _created_at()
+    __table_args__ = (
+        CheckConstraint(f"status IN {DELIVERY_STATUSES!r}", name="status"),
+        CheckConstraint("status <> 'pending' OR next_attempt_at IS NOT NULL", name="pending_scheduled"),
+        UniqueConstraint("event_id", "url"),
+        Index("ix_webhook_deliveries_due", "next_attempt_at", postgresql_where=text("status = 'pending'")),
+    )
+
+
+class AttemptRow(Base):
+    """Attempt ``n`` of a delivery: HTTP status or error, a response excerpt, how long it took."""
+
+    __tablename__ = "webhook_attempts"
+    delivery_id: Mapped[str] = mapped_column(
+        Text, ForeignKey("webhook_deliveries.id", ondelete="CASCADE"), primary_key=True
+    )
+    n: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[dt.datetime] = _created_at()
+    status: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    excerpt: Mapped[str | None] = mapped_column(Text)
+    duration_ms: Mapped[float]
+
+
+class EndpointRow(Base):
+    """A tenant's webhook URL; a 410 Gone disables it (later deliveries are not attempted)."""
+
+    __tablename__ = "webhook_endpoints"
+    tenant_id: Mapped[str] = mapped_column(Text, ForeignKey("tenants.id"), primary_key=True)
+    url: Mapped[str] = mapped_column(Text, primary_key=True)
+    disabled_at: Mapped[dt.datetime | None]
+    reason: Mapped[str | None] = mapped_column(Text)
+
+
+class SecretRow(Base):
+    """A tenant's webhook signing secret; during a rotation the previous one signs too until ``previous_until``."""
+
+    __tablename__ = "webhook_secrets"
+    tenant_id: Mapped[str] = mapped_column(Text, ForeignKey("tenants.id"), primary_key=True)
+    secret: Mapped[str] = mapped_column(Text)
+    previous_secret: Mapped[str | None] = mapped_column(Text)
+    previous_until: Mapped[dt.datetime | None]
+    rotated_at: Mapped[dt.datetime] = _created_at()

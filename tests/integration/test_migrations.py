@@ -20,6 +20,8 @@ from inferq.store.tables import Base
 pytestmark = pytest.mark.integration
 
 REGISTRY_TABLES = {"tenants", "models", "model_versions", "model_aliases", "artifacts", "artifact_chunks"}
+JOB_TABLES = {"jobs", "job_chunks", "job_events", "webhook_deliveries", "webhook_attempts", "webhook_endpoints",
+              "webhook_secrets"}  # fmt: skip
 
 
 @pytest.fixture
@@ -40,11 +42,11 @@ async def empty_database_url(database_url: str) -> AsyncIterator[str]:
         await admin.dispose()
 
 
-async def test_upgrade_from_empty_creates_the_registry_at_head(migrated_db: str, engine: AsyncEngine) -> None:
+async def test_upgrade_from_empty_creates_every_table_at_head(migrated_db: str, engine: AsyncEngine) -> None:
     async with engine.connect() as conn:
         tables = set(await conn.run_sync(lambda c: inspect(c).get_table_names()))
-    assert tables == REGISTRY_TABLES | {"alembic_version"}
-    assert await current(migrated_db) == head() == "0001"
+    assert tables == REGISTRY_TABLES | JOB_TABLES | {"alembic_version"}
+    assert await current(migrated_db) == head() == "0002"
 
 
 async def test_second_upgrade_changes_nothing(migrated_db: str, engine: AsyncEngine) -> None:
