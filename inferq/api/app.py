@@ -16,9 +16,11 @@ from inferq.api.access import RequestLog
 from inferq.api.directory import ModelDirectory
 from inferq.api.docs import openapi_config, static_router
 from inferq.api.health import HealthChecks
+from inferq.api.jobs import JobService
 from inferq.api.metrics import Metrics
 from inferq.api.problems import from_http, problem_details_plugin
 from inferq.api.routes import HANDLERS
+from inferq.api.routes.jobs import JOB_HANDLERS
 from inferq.api.routes.v2 import V2_ROUTER
 from inferq.api.service import PredictionService
 from inferq.api.v2 import errors as v2_errors
@@ -41,7 +43,7 @@ def create_app(settings: Settings) -> Litestar:
                 app.state.services = None
 
     return Litestar(
-        route_handlers=[*HANDLERS, V2_ROUTER, static_router()],
+        route_handlers=[*HANDLERS, *JOB_HANDLERS, V2_ROUTER, static_router()],
         dependencies={
             "predictions": Provide(_predictions, sync_to_thread=False),
             "models": Provide(_models, sync_to_thread=False),
@@ -49,6 +51,7 @@ def create_app(settings: Settings) -> Litestar:
             "metrics": Provide(_metrics, sync_to_thread=False),
             "v2_metadata": Provide(_v2_metadata, sync_to_thread=False),
             "v2_inference": Provide(_v2_inference, sync_to_thread=False),
+            "jobs": Provide(_jobs, sync_to_thread=False),
         },
         lifespan=[lifespan],
         state=State({"settings": settings, "metrics": metrics, "services": None}),
@@ -106,3 +109,7 @@ def _v2_metadata(state: State) -> V2Metadata:
 
 def _v2_inference(state: State) -> V2Inference:
     return _services(state).v2_inference
+
+
+def _jobs(state: State) -> JobService:
+    return _services(state).jobs

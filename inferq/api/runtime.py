@@ -11,6 +11,7 @@ from inferq.api.catalog import ModelCatalog
 from inferq.api.directory import ModelDirectory
 from inferq.api.headers import CallLimits
 from inferq.api.health import HealthChecks
+from inferq.api.jobs import JobService
 from inferq.api.metrics import Metrics
 from inferq.api.service import PredictionService
 from inferq.api.v2.inference import V2Inference
@@ -19,11 +20,14 @@ from inferq.contracts.names import Names
 from inferq.errors import ServiceUnavailable
 from inferq.settings import Settings
 from inferq.store.database import create_engine, create_sessionmaker
+from inferq.store.deliveries import DeliveryStore
+from inferq.store.jobs import JobStore
 from inferq.store.registry import Registry
 from inferq.streams.connection import connect
 from inferq.streams.producer import Producer
 from inferq.streams.replies import ReplyListener
 from inferq.streams.results import ResultStore, ResultTTL
+from inferq.webhooks.signatures import new_secret
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,7 @@ class Services:
     catalog: ModelCatalog
     v2_metadata: V2Metadata
     v2_inference: V2Inference
+    jobs: JobService
 
 
 @contextlib.asynccontextmanager
@@ -53,8 +58,9 @@ async def opened(settings: Settings, *, metrics: Metrics) -> AsyncIterator[Servi
     engine = create_engine(
         services.database_url, connect_timeout_s=settings.api.health_timeout_s * 3, pool_timeout_s=2.0
     )
+    sessionmaker = create_sessionmaker(engine)
     catalog = ModelCatalog(
-        Registry(create_sessionmaker(engine)),
+        Registry(sessionmaker),
         refresh_s=settings.api.catalog_refresh_s,
         miss_refresh_s=settings.api.catalog_miss_refresh_s,
     )
@@ -95,6 +101,16 @@ async def opened(settings: Settings, *, metrics: Metrics) -> AsyncIterator[Servi
                 limits=limits,
                 max_elements=settings.api.max_elements,
                 max_body_bytes=settings.api.max_body_bytes,
+            ),
+            jobs=JobService(
+                catalog=catalog,
+                store=JobStore(sessionmaker),
+                deliveries=DeliveryStore(sessionmaker, new_secret=new_secret),
+                redis=redis,
+                names=names,
+                settings=settings.jobs,
+                max_elements=settings.api.max_elements,
+                allow_private=settings.webhook_allow_private,
             ),
         )
     finally:

@@ -26,6 +26,13 @@ class Reply(msgspec.Struct, frozen=True, kw_only=True):
     name: str
 
 
+class JobChunkRef(msgspec.Struct, frozen=True, kw_only=True):
+    """Marks a request as one chunk of a batch job: its result goes to Postgres, not to a result key."""
+
+    job_id: str
+    seq: int
+
+
 class InferRequest(msgspec.Struct, frozen=True, kw_only=True, tag="infer.v1", tag_field="kind"):
     """One prediction request on a partition's work stream.
 
@@ -45,6 +52,7 @@ class InferRequest(msgspec.Struct, frozen=True, kw_only=True, tag="infer.v1", ta
     priority: int = 0
     correlation_id: str = ""
     reply: Reply | None = None
+    job: JobChunkRef | None = None
 
 
 class Timings(msgspec.Struct, frozen=True, kw_only=True):

@@ -147,6 +147,11 @@ class PartitionConsumer:
     async def _process(self, stop: asyncio.Event) -> None:
         outcomes, self._early = self._early, []
         batch = self._take()
+        try:
+            batch = await self._without_ended_jobs(batch, outcomes)
+        except BaseException:  # Postgres unreachable: keep everything for the next turn
+            self._carry, self._early = batch + self._carry, outcomes + self._early
+            raise
         if batch:
             works = [item.work for item in batch]
             try:
@@ -155,12 +160,32 @@ class PartitionConsumer:
                 self._carry = batch + self._carry  # nothing was answered: run them again later
                 self._early = outcomes + self._early
                 raise
-            replies = [item.work.request.reply for item in batch]
-            outcomes += [Outcome(i.entry, r, reply) for i, r, reply in zip(batch, results, replies, strict=True)]
+            outcomes += [
+                Outcome(i.entry, r, i.work.request.reply, job=i.work.request.job, rows=i.work.request.rows)
+                for i, r in zip(batch, results, strict=True)
+            ]
         await self._settle(outcomes, stop=stop)
+
+    async def _without_ended_jobs(self, batch: list[Item], outcomes: list[Outcome]) -> list[Item]:
+        """Chunks of canceled, expired or finished jobs are skipped (acked, never run): moved to ``outcomes``."""
+        job_ids = [item.work.request.job.job_id for item in batch if item.work.request.job is not None]
+        if not job_ids or self._publisher.jobs is None:
+            return batch
+        ended = await self._publisher.jobs.ended(job_ids)
+        if not ended:
+            return batch
+        keep = []
+        for item in batch:
+            job = item.work.request.job
+            if job is not None and job.job_id in ended:
+                outcomes.append(Outcome(item.entry, None, job=job, rows=item.work.request.rows))
+            else:
+                keep.append(item)
+        return keep
 
     async def _settle(self, outcomes: list[Outcome], *, stop: asyncio.Event | None) -> None:
         """One round trip: the results, the acks, and (unless stopping) the next non-blocking read."""
+        outcomes = await self._publisher.prepare(outcomes)
         room = self._queue.max_batch - rows_of([item.work for item in self._carry])
         # NOTE: decided now, not before the run: a stop that came while the batch ran means no more reads.
         # Only under a backlog: at low load the read would come back empty and delay the next blocking one.
@@ -197,5 +222,5 @@ def decode(entry: Entry, part: Partition, *, now_ms: float) -> Work | Outcome:
     work = Work(request=request, enqueued_ms=enqueued_ms(entry.id), dequeued_ms=now_ms, delivery=entry.deliveries)
     if (request.model, request.version) != (part.model, part.version):
         error = InvalidInput(f"a request for {request.model}@{request.version} on partition {part.key}")
-        return Outcome(entry, finish(work, "failed", error=error), request.reply)
+        return Outcome(entry, finish(work, "failed", error=error), request.reply, job=request.job, rows=request.rows)
     return work

@@ -17,6 +17,7 @@ from inferq.contracts.names import Names
 from inferq.errors import InvalidInput
 from inferq.settings import Settings
 from inferq.store.artifacts import LocalArtifactCache
+from inferq.store.jobs import JobStore
 from inferq.store.registry import Registry
 from inferq.streams.partition import Partition
 from inferq.streams.results import ResultStore, ResultTTL
@@ -26,6 +27,7 @@ from inferq.workers.config import for_version
 from inferq.workers.consumer import PartitionConsumer
 from inferq.workers.executor import Executor
 from inferq.workers.ingress import Forwarder, Forwarding
+from inferq.workers.job_sink import JobSink, Schedule
 from inferq.workers.ledger import RunLedger
 from inferq.workers.models import ModelSource
 from inferq.workers.publisher import Publisher
@@ -62,6 +64,7 @@ class WorkerPool:
         sessions: async_sessionmaker[AsyncSession],
         selection: Selection,
         consumer: str | None = None,
+        schedule: Schedule | None = None,
     ) -> None:
         self._settings = settings
         self._redis = redis
@@ -72,7 +75,8 @@ class WorkerPool:
         self._clock = RedisClock()
         queue = settings.queue
         ttl = ResultTTL(long=queue.result_ttl_s, short=queue.result_short_ttl_s or int(2 * queue.wait_max_s))
-        self._publisher = Publisher(redis, results=ResultStore(redis, ttl=ttl), names=self._names)
+        jobs = JobSink(JobStore(sessions), schedule=schedule)
+        self._publisher = Publisher(redis, results=ResultStore(redis, ttl=ttl), names=self._names, jobs=jobs)
         self.consumer = consumer or f"{socket.gethostname()}:{os.getpid()}"
         self._stop = asyncio.Event()
         self._served: dict[str, _Served] = {}

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 
-from inferq.contracts.messages import InferResult, Reply
+from inferq.contracts.messages import InferResult, JobChunkRef, Reply
 from inferq.contracts.names import Names
 from inferq.streams.consumer import Entry, ack, dead_letter
 from inferq.streams.partition import Partition
@@ -26,19 +27,39 @@ class Outcome:
     result: InferResult | None
     reply: Reply | None = None
     dead_reason: str | None = None
+    job: JobChunkRef | None = None  # a job chunk: its result goes to Postgres (workers/job_sink.py)
+    rows: int = 0
+
+
+class JobOutcomes(Protocol):
+    """Where job chunks' outcomes go before their entries are acked (``workers.job_sink.JobSink``)."""
+
+    async def persist(self, outcomes: Sequence[Outcome]) -> list[Outcome]: ...
+
+    async def ended(self, job_ids: Sequence[str]) -> set[str]: ...
 
 
 class Publisher:
     """One round trip per batch, however many results (research/performance.md: pipelining is worth 3.6×)."""
 
-    def __init__(self, redis: aioredis.Redis, *, results: ResultStore, names: Names) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, *, results: ResultStore, names: Names, jobs: JobOutcomes | None = None
+    ) -> None:
         self._redis = redis
         self._results = results
         self._names = names
+        self.jobs = jobs
+
+    async def prepare(self, outcomes: Sequence[Outcome]) -> list[Outcome]:
+        """Job chunks' outcomes stored in Postgres first; what is left to settle on Redis."""
+        if self.jobs is None:
+            return list(outcomes)
+        return await self.jobs.persist(outcomes)
 
     async def settle(self, part: Partition, outcomes: Sequence[Outcome]) -> None:
         """Store and announce every result, then dead-letter or ack each entry. Raises on Redis errors:
         nothing is lost, the entries stay pending and the caller settles again (stores are idempotent)."""
+        outcomes = await self.prepare(outcomes)
         if not outcomes:
             return
         pipe = self._redis.pipeline(transaction=False)
