@@ -1,0 +1,104 @@
+"""``inferq jobs submit FILE --model M [--wait]``: upload a JSONL/CSV file as a batch job over HTTP.
+
+The file is streamed (never read whole); with ``--wait`` a progress bar on stderr follows the job's
+events until it ends. stdout gets the job as JSON: at submission, or its final state with ``--wait``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from inferq.cli.output import emit, say
+from inferq.errors import InferqError, MalformedRequest, ServiceUnavailable, error_class
+
+TERMINAL = ("succeeded", "failed", "canceled", "expired")
+
+
+async def submit(
+    *,
+    url: str,
+    file: Path,
+    model: str,
+    wait: bool,
+    idempotency_key: str | None = None,
+    webhook: str | None = None,
+    completion_window: str | None = None,
+) -> int:
+    """Submit, optionally wait; exit status 0 when the job (or, without ``--wait``, the submission) succeeded."""
+    if not file.is_file():
+        raise MalformedRequest(f"no such file: {file}")
+    fields = {"model": model}
+    if webhook:
+        fields["webhook"] = json.dumps({"url": webhook})
+    if completion_window:
+        fields["completion_window"] = completion_window
+    headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+    content_type = "text/csv" if file.suffix.lower() == ".csv" else "application/jsonl"
+    async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(30.0, read=600.0)) as client:
+        with file.open("rb") as handle:
+            response = await _call(
+                client, "POST", "/v1/jobs", data=fields, files={"file": (file.name, handle, content_type)},
+                headers=headers,
+            )  # fmt: skip
+        job: dict[str, Any] = response.json()
+        say(f"job {job['id']}: {job['counts']['total']} rows ({job['counts']['failed']} rejected), {job['status']}")
+        if not wait:
+            emit(job)
+            return 0
+        job = await _follow(client, job)
+        emit(job)
+        return 0 if job["status"] == "succeeded" else 1
+
+
+async def _follow(client: httpx.AsyncClient, job: dict[str, Any]) -> dict[str, Any]:
+    """Track the job over its SSE stream (reconnecting if it drops) until it is terminal."""
+    started = time.monotonic()
+    while job["status"] not in TERMINAL:
+        try:
+            async with client.stream("GET", f"/v1/jobs/{job['id']}/events") as events:
+                async for line in events.aiter_lines():
+                    if line.startswith("data:"):
+                        job = json.loads(line[5:])
+                        _progress(job, started)
+        except httpx.TransportError as exc:
+            say(f"\nevents interrupted ({exc}); reconnecting")
+            job = (await _call(client, "GET", f"/v1/jobs/{job['id']}")).json()
+    sys.stderr.write("\n")
+    return job
+
+
+def _progress(job: dict[str, Any], started: float) -> None:
+    counts, width = job["counts"], 30
+    filled = int(width * job["progress"])
+    done = counts["succeeded"] + counts["failed"]
+    rate = done / max(time.monotonic() - started, 1e-3)
+    sys.stderr.write(
+        f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{counts['total']} rows "
+        f"({counts['failed']} failed) {rate:,.0f} rows/s {job['status']:<9}"
+    )
+    sys.stderr.flush()
+
+
+async def _call(client: httpx.AsyncClient, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    try:
+        response = await client.request(method, path, **kwargs)
+    except httpx.TransportError as exc:
+        raise ServiceUnavailable(f"cannot reach the inferq API at {client.base_url}: {exc}") from exc
+    if response.status_code >= 400:
+        raise _problem(response)
+    return response
+
+
+def _problem(response: httpx.Response) -> InferqError:
+    try:
+        body = response.json()
+    except ValueError:
+        body = {}
+    code = str(body.get("code", "internal_error"))
+    return error_class(code)(str(body.get("detail") or response.text[:200]), status=response.status_code)
