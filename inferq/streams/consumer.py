@@ -26,8 +26,9 @@ class Entry:
 
 
 def is_nogroup(exc: BaseException) -> bool:
-    """True for the error Redis gives when the stream or group vanished (restart without data)."""
-    return isinstance(exc, ResponseError) and str(exc).startswith("NOGROUP")
+    """True for the error Redis gives when the stream or group vanished (restart without data), also
+    when redis-py wrapped it as a pipeline's failed command ("Command # 1 (...) caused error: NOGROUP")."""
+    return isinstance(exc, ResponseError) and "NOGROUP" in str(exc)
 
 
 async def ensure_groups(redis: aioredis.Redis, part: Partition) -> None:
@@ -41,27 +42,42 @@ async def ensure_groups(redis: aioredis.Redis, part: Partition) -> None:
 
 
 async def read(
-    redis: aioredis.Redis, part: Partition, *, consumer: str, count: int, block_ms: int | None
+    redis: aioredis.Redis, part: Partition, *, consumer: str, count: int, block_ms: int | None, bulk: int | None = None
 ) -> list[Entry]:
-    """New entries from both lanes in one XREADGROUP, interactive first.
+    """New entries, interactive first: up to ``count`` interactive ones and up to ``bulk`` job chunks
+    (``None``: ``count``; 0: none), in one round trip.
 
-    ``block_ms=None`` (or 0, which Redis would take as "forever") does not block: used while
-    entries are carried over from the last read. ``count`` applies to each lane.
+    A blocking read (``block_ms``) waits on both lanes in one XREADGROUP (``count`` per lane). A
+    non-blocking one (``block_ms=None``; 0 would be "forever" to Redis) reads each lane with its own count.
     """
-    streams: dict[Any, Any] = {part.work: ">", part.bulk: ">"}
-    reply = await redis.xreadgroup(part.group, consumer, streams, count=count, block=block_ms or None)
-    return read_reply(part, reply)
+    bulk = count if bulk is None else bulk
+    if block_ms:
+        streams: dict[Any, Any] = {part.work: ">", part.bulk: ">"} if bulk else {part.work: ">"}
+        reply = await redis.xreadgroup(part.group, consumer, streams, count=max(count, 1), block=block_ms)
+        return read_reply(part, reply)
+    pipe = redis.pipeline(transaction=False)
+    queued = queue_read(pipe, part, consumer=consumer, count=count, bulk=bulk)
+    return read_replies(part, (await pipe.execute())[-queued:] if queued else [])
 
 
-def queue_read(pipe: Pipeline, part: Partition, *, consumer: str, count: int) -> None:
-    """Queue a non-blocking ``read`` on ``pipe`` (e.g. behind a batch's acks: one round trip for
-    both); parse its reply with ``read_reply``."""
-    streams: dict[Any, Any] = {part.work: ">", part.bulk: ">"}
-    pipe.xreadgroup(part.group, consumer, streams, count=count)
+def queue_read(pipe: Pipeline, part: Partition, *, consumer: str, count: int, bulk: int) -> int:
+    """Queue a non-blocking read of up to ``count`` interactive entries and ``bulk`` chunks on ``pipe``
+    (e.g. behind a batch's acks: one round trip for both); how many replies it adds (for ``read_replies``)."""
+    queued = 0
+    for stream, n in ((part.work, count), (part.bulk, bulk)):
+        if n > 0:
+            pipe.xreadgroup(part.group, consumer, {stream: ">"}, count=n)
+            queued += 1
+    return queued
+
+
+def read_replies(part: Partition, replies: list[Any]) -> list[Entry]:
+    """The entries of several XREADGROUP replies (``queue_read``'s), interactive first."""
+    return read_reply(part, [stream for reply in replies for stream in (reply or [])])
 
 
 def read_reply(part: Partition, reply: Any) -> list[Entry]:
-    """The entries of an XREADGROUP reply over both lanes, interactive first."""
+    """The entries of an XREADGROUP reply over one or both lanes, interactive first."""
     entries: list[Entry] = []
     for stream, items in sorted(reply or [], key=lambda s: _as_str(s[0]) != part.work):
         lane = part.lane_of(_as_str(stream))

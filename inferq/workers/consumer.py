@@ -14,7 +14,7 @@ from redis.exceptions import ResponseError
 from inferq.contracts.messages import InferRequest, request_decoder
 from inferq.errors import InvalidInput
 from inferq.settings import QueueSettings
-from inferq.streams.consumer import Entry, ensure_groups, is_nogroup, queue_read, read, read_reply
+from inferq.streams.consumer import Entry, ensure_groups, is_nogroup, queue_read, read, read_replies
 from inferq.streams.partition import Partition
 from inferq.streams.producer import enqueued_ms
 from inferq.workers.backoff import Backoff, sleep_unless
@@ -101,21 +101,35 @@ class PartitionConsumer:
         queue, fresh, self._fresh = self._queue, self._fresh, False
         if not reading:
             return
-        room = queue.max_batch - rows_of([item.work for item in self._carry])
-        if room > 0 and not (fresh and self._carry):
-            await self._read(count=room, block_ms=None if self._carry or self._early else queue.block_ms)
+        room, bulk = self._room()
+        if (room > 0 or bulk > 0) and not (fresh and self._carry):
+            if self._carry or self._early or not fresh:
+                await self._read(count=room, bulk=bulk, block_ms=None)
+            if not self._carry and not self._early:  # nothing waiting: block on both lanes for the next entry
+                await self._read(count=1, bulk=1, block_ms=queue.block_ms)
         if queue.max_batch_delay_ms <= 0 or not self._carry:
             return
         deadline = time.monotonic() + queue.max_batch_delay_ms / 1000
-        while (room := queue.max_batch - rows_of([i.work for i in self._carry])) > 0:
+        while (room := self._room()[0]) > 0:
             left_ms = int((deadline - time.monotonic()) * 1000)
             if left_ms < 1:
                 return
-            await self._read(count=room, block_ms=left_ms)
+            await self._read(count=room, bulk=0, block_ms=left_ms)
 
-    async def _read(self, *, count: int, block_ms: int | None) -> None:
-        entries = await read(self._redis, self._part, consumer=self._consumer, count=count, block_ms=block_ms)
-        self._backlogged = len(entries) >= count
+    def _room(self) -> tuple[int, int]:
+        """Interactive rows that still fit a batch, and job chunks to read: one carried at a time, so a
+        job's chunks never queue up in front of interactive requests (or away from other workers)."""
+        interactive = [item.work for item in self._carry if item.entry.lane == "interactive"]
+        bulk = 0 if any(item.entry.lane == "bulk" for item in self._carry) else 1
+        return self._queue.max_batch - rows_of(interactive), bulk
+
+    async def _read(self, *, count: int, bulk: int, block_ms: int | None) -> None:
+        entries = await read(
+            self._redis, self._part, consumer=self._consumer, count=max(count, 0), bulk=bulk, block_ms=block_ms
+        )
+        self._backlogged = sum(e.lane == "interactive" for e in entries) >= count > 0 or (
+            bulk > 0 and any(e.lane == "bulk" for e in entries)
+        )
         self._accept(entries)
 
     def _accept(self, entries: list[Entry]) -> None:
@@ -186,20 +200,21 @@ class PartitionConsumer:
     async def _settle(self, outcomes: list[Outcome], *, stop: asyncio.Event | None) -> None:
         """One round trip: the results, the acks, and (unless stopping) the next non-blocking read."""
         outcomes = await self._publisher.prepare(outcomes)
-        room = self._queue.max_batch - rows_of([item.work for item in self._carry])
+        room, bulk = self._room()
         # NOTE: decided now, not before the run: a stop that came while the batch ran means no more reads.
         # Only under a backlog: at low load the read would come back empty and delay the next blocking one.
         read_next = stop is not None and not stop.is_set() and self._backlogged
         pipe = self._redis.pipeline(transaction=False)
         self._publisher.queue(pipe, self._part, outcomes)
-        if read_next and room > 0:
-            queue_read(pipe, self._part, consumer=self._consumer, count=room)
+        queued = queue_read(pipe, self._part, consumer=self._consumer, count=room, bulk=bulk) if read_next else 0
         self._unsettled = outcomes
         replies = await pipe.execute()
         self._unsettled = []
-        if read_next and room > 0:
-            entries = read_reply(self._part, replies[-1])
-            self._backlogged = len(entries) >= room
+        if queued:
+            entries = read_replies(self._part, replies[-queued:])
+            self._backlogged = sum(e.lane == "interactive" for e in entries) >= room > 0 or (
+                bulk > 0 and any(e.lane == "bulk" for e in entries)
+            )
             self._accept(entries)
             self._fresh = True
 
