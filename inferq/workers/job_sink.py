@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import math
+import time
 from collections.abc import Awaitable, Callable, Sequence
 
 import structlog
@@ -26,16 +28,34 @@ Schedule = Callable[[str, int], Awaitable[None]]  # (delivery id, attempt): hand
 class JobSink:
     """Stores job outcomes; tells the consumer which chunks belong to jobs that have ended."""
 
-    def __init__(self, store: JobStore, *, schedule: Schedule | None = None) -> None:
+    def __init__(self, store: JobStore, *, schedule: Schedule | None = None, status_ttl_s: float = 1.0) -> None:
         self._store = store
         self._schedule = schedule
+        self._status_ttl_s = status_ttl_s
+        self._open: dict[str, float] = {}  # job id → when it was last seen open (monotonic)
 
     async def ended(self, job_ids: Sequence[str]) -> set[str]:
-        """Those of ``job_ids`` that are no longer open (canceled, expired, finished, deleted)."""
-        if not job_ids:
+        """Those of ``job_ids`` that are no longer open (canceled, expired, finished, deleted).
+
+        NOTE: a job seen open is trusted for ``status_ttl_s``: one query per job and second instead of
+        one per chunk. A cancel takes effect within that time; a chunk started just before it finishes
+        and is kept, as running chunks are.
+        """
+        now = time.monotonic()
+        stale = sorted({j for j in job_ids if now - self._open.get(j, -math.inf) > self._status_ttl_s})
+        if not stale:
             return set()
-        statuses = await self._store.job_statuses(sorted(set(job_ids)))
-        return {job_id for job_id in job_ids if statuses.get(job_id) not in OPEN_STATUSES}
+        statuses = await self._store.job_statuses(stale)
+        if len(self._open) > 10_000:
+            self._open.clear()
+        ended = set()
+        for job_id in stale:
+            if statuses.get(job_id) in OPEN_STATUSES:
+                self._open[job_id] = now
+            else:
+                self._open.pop(job_id, None)
+                ended.add(job_id)
+        return ended
 
     async def persist(self, outcomes: Sequence[Outcome]) -> list[Outcome]:
         """What to settle on Redis: job outcomes stored (and then only acked), or left out when Postgres failed."""
