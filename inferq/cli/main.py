@@ -39,6 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
         if verb in ("inspect", "replay", "purge"):
             cmd.add_argument("ids", nargs="*", help="entry ids (replay/purge: none = all)")
 
+    commands.add_parser("tasks", help="run the task worker: webhook deliveries, the reconciler, retention")
+    webhooks = commands.add_parser("webhooks", help="webhook signing secrets").add_subparsers(
+        dest="webhooks_command", required=True, metavar="SUBCOMMAND"
+    )
+    secret = webhooks.add_parser("secret", help="print a tenant's signing secret as JSON (made on first use)")
+    secret.add_argument("--tenant", default="default", help="tenant id (default: default)")
+    secret.add_argument("--rotate", action="store_true", help="a new secret; the old one keeps signing for a day")
+
     dev = commands.add_parser("dev", help="run the whole system locally with demo models")
     dev.add_argument("--exit", action="store_true", help="set everything up, print the tour, then exit")
 
@@ -100,6 +108,14 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         from inferq.cli.dlq import run_dlq
 
         return await run_dlq(settings, verb=args.dlq_command, partition=args.partition, ids=getattr(args, "ids", []))
+    if args.command == "tasks":
+        from inferq.cli.tasks import run_tasks_command
+
+        return await run_tasks_command(settings)
+    if args.command == "webhooks":
+        from inferq.cli.tasks import print_secret
+
+        return await print_secret(settings, tenant=args.tenant, rotate=args.rotate)
     if args.command == "predict":
         from inferq.cli.predict import predict
 

@@ -1,0 +1,196 @@
+"""``inferq tasks``: the arq worker that runs webhook attempts and the reconciler, built from Settings.
+
+Jobs live on ``{prefix}:tasks``, encoded with msgpack. Every task worker ticks once per
+``reconcile_interval_s``: it enqueues the pass of the current time slot under a job id named after the
+slot, so however many workers run, one pass per slot runs. arq is at-least-once; both jobs are
+idempotent (see ``deliverer`` and ``reconciler``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from typing import Any
+
+import structlog
+from arq.worker import Worker, func
+from redis.exceptions import RedisError
+
+from inferq.contracts.names import Names
+from inferq.errors import ServiceUnavailable
+from inferq.settings import Settings
+from inferq.store.database import create_engine, create_sessionmaker
+from inferq.store.deliveries import DeliveryStore
+from inferq.store.jobs import JobStore
+from inferq.streams.connection import UNAVAILABLE, connect
+from inferq.streams.tasks import DELIVER, RECONCILE, TaskQueue, deserialize, queue_name, serialize
+from inferq.webhooks.sender import new_client
+from inferq.webhooks.signatures import new_secret
+from inferq.workers.backoff import Backoff, sleep_unless
+from inferq.workers.deliverer import Deliverer, deliver
+from inferq.workers.reconciler import Reconciler, reconcile
+
+log = structlog.get_logger(__name__)
+
+MAX_JOBS = 32  # concurrent jobs per worker: mostly attempts waiting on slow receivers
+MAX_TRIES = 5  # arq runs of one attempt whose Postgres was unavailable (``Retry``)
+DB_MARGIN_S = 30.0  # an attempt's job timeout: the HTTP attempt plus this for Postgres and Redis
+RECONCILE_TIMEOUT_S = 120.0
+HEALTH_CHECK_S = 30.0
+SHUTDOWN_MARGIN_S = 5  # SIGTERM: attempts in flight get their timeout plus this to finish
+RESTART_MAX_S = 30.0  # Redis lost: a new worker after 0.5, 1, 2 … s, at most this
+
+
+class Lifecycle:
+    """arq's ``on_startup``/``on_shutdown``: the stores, HTTP client and services the jobs find in ``ctx``."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+
+    async def startup(self, ctx: dict[str, Any]) -> None:
+        """Fill ``ctx`` (``ctx["redis"]`` is arq's connection): ``deliverer``, ``reconciler`` and what they use."""
+        settings = self._settings
+        if settings.services.database_url is None:
+            raise ServiceUnavailable("no database URL configured (INFERQ_DATABASE_URL)")
+        prefix = settings.services.key_prefix
+        engine = create_engine(settings.services.database_url)
+        sessions = create_sessionmaker(engine)
+        deliveries = DeliveryStore(sessions, new_secret=new_secret)
+        queue = TaskQueue(ctx["redis"], prefix=prefix)
+        client = new_client()
+        ctx.update(engine=engine, queue=queue, client=client)
+        ctx["deliverer"] = Deliverer(
+            deliveries=deliveries,
+            queue=queue,
+            client=client,
+            jobs=settings.jobs,
+            allow_private=settings.webhook_allow_private,
+        )
+        ctx["reconciler"] = Reconciler(
+            jobs=JobStore(sessions),
+            deliveries=deliveries,
+            redis=ctx["redis"],
+            names=Names(prefix),
+            queue=queue,
+            settings=settings.jobs,
+        )
+        ctx["ticker"] = asyncio.create_task(tick(queue, interval_s=settings.jobs.reconcile_interval_s))
+        log.info("tasks.started", queue=queue.name, reconcile_interval_s=settings.jobs.reconcile_interval_s)
+
+    async def shutdown(self, ctx: dict[str, Any]) -> None:
+        """Stop ticking and close what ``startup`` opened."""
+        ticker: asyncio.Task[None] | None = ctx.pop("ticker", None)
+        if ticker is not None:
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
+        if "engine" not in ctx:  # never started, or already stopped
+            return
+        await ctx.pop("client").aclose()
+        await ctx.pop("queue").aclose()
+        await ctx.pop("engine").dispose()
+        log.info("tasks.stopped")
+
+
+async def tick(queue: TaskQueue, *, interval_s: float) -> None:
+    """Enqueue the reconciler pass of each time slot of ``interval_s``, at the slot's start, until cancelled."""
+    while True:
+        slot = int(time.time() // interval_s)
+        try:
+            await queue.reconcile(slot=slot, expires_s=max(60.0, 3 * interval_s))
+        except (RedisError, *UNAVAILABLE) as exc:  # Redis down: try again next slot
+            log.warning("tasks.tick_failed", error=str(exc))
+        await asyncio.sleep((slot + 1) * interval_s - time.time())
+
+
+def worker_options(settings: Settings) -> dict[str, Any]:
+    """The arq ``Worker`` keyword arguments (a ``WorkerSettings`` built from Settings, not a class)."""
+    jobs = settings.jobs
+    name = queue_name(settings.services.key_prefix)
+    lifecycle = Lifecycle(settings)
+    return {
+        "functions": [
+            func(deliver, name=DELIVER, timeout=jobs.webhook_timeout_s + DB_MARGIN_S, keep_result=0),
+            # a pass's result is kept a little: a late tick of another worker then finds the slot taken
+            func(
+                reconcile,
+                name=RECONCILE,
+                timeout=RECONCILE_TIMEOUT_S,
+                max_tries=1,
+                keep_result=max(1.0, 2 * jobs.reconcile_interval_s),
+            ),
+        ],
+        "queue_name": name,
+        "on_startup": lifecycle.startup,
+        "on_shutdown": lifecycle.shutdown,
+        "job_serializer": serialize,
+        "job_deserializer": deserialize,
+        "max_jobs": MAX_JOBS,
+        "max_tries": MAX_TRIES,
+        "keep_result": 0,  # Postgres holds the outcomes; arq's results would only hold back re-enqueueing
+        "poll_delay": max(0.01, min(0.5, jobs.reconcile_interval_s / 2)),
+        "health_check_interval": HEALTH_CHECK_S,
+        "health_check_key": f"{name}:health-check",
+        "job_completion_wait": int(jobs.webhook_timeout_s) + SHUTDOWN_MARGIN_S,
+    }
+
+
+class TaskRunner:
+    """Runs the arq worker until ``stop``; a worker that lost Redis is closed and replaced after a backoff."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._stopping = asyncio.Event()
+        self._worker: Worker | None = None
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
+        """Take no more jobs, let running ones finish (up to ``job_completion_wait``), then return from ``run``."""
+        self._stopping.set()
+        if self._worker is not None:
+            self._worker.handle_sig_wait_for_completion(sig)
+
+    async def run(self) -> int:
+        """Serve until stopped; 0."""
+        backoff = Backoff(initial_s=0.5, max_s=RESTART_MAX_S)
+        while not self._stopping.is_set():
+            try:
+                await self._serve()
+            except (RedisError, *UNAVAILABLE) as exc:
+                delay_s = backoff.next()
+                log.warning("tasks.redis_unavailable", error=f"{type(exc).__name__}: {exc}", retry_in_s=delay_s)
+                await sleep_unless(self._stopping, delay_s)
+        return 0
+
+    async def _serve(self) -> None:
+        queue = TaskQueue(connect(self._settings.services), prefix=self._settings.services.key_prefix)
+        options = worker_options(self._settings)
+        worker = Worker(redis_pool=queue.arq, handle_signals=False, **options)
+        self._worker = worker
+        try:
+            await worker.async_run()
+        except asyncio.CancelledError:  # ``stop``: arq cancels its main task once running jobs are done
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise
+        finally:
+            self._worker = None
+            try:
+                await worker.close()
+            except (RedisError, *UNAVAILABLE):  # arq gave up before its on_shutdown: close ours and its pool
+                await options["on_shutdown"](worker.ctx)
+                await queue.arq.aclose(close_connection_pool=True)
+
+
+async def run_tasks(settings: Settings) -> int:
+    """Run the task worker until SIGTERM or SIGINT (running jobs may finish first); 0."""
+    runner = TaskRunner(settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, runner.stop, sig)
+    try:
+        return await runner.run()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
