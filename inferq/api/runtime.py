@@ -27,6 +27,7 @@ from inferq.streams.connection import connect
 from inferq.streams.producer import Producer
 from inferq.streams.replies import ReplyListener
 from inferq.streams.results import ResultStore, ResultTTL
+from inferq.streams.tasks import TaskQueue
 from inferq.webhooks.signatures import new_secret
 
 
@@ -64,6 +65,7 @@ async def opened(settings: Settings, *, metrics: Metrics) -> AsyncIterator[Servi
         refresh_s=settings.api.catalog_refresh_s,
         miss_refresh_s=settings.api.catalog_miss_refresh_s,
     )
+    tasks = TaskQueue(redis, prefix=services.key_prefix)
     instance = ReplyListener.instance_name()
     listener = ReplyListener(redis, channel=names.reply_channel(instance))
     short_ttl = queue.result_short_ttl_s or max(1, round(2 * queue.wait_max_s))
@@ -111,11 +113,13 @@ async def opened(settings: Settings, *, metrics: Metrics) -> AsyncIterator[Servi
                 settings=settings.jobs,
                 max_elements=settings.api.max_elements,
                 allow_private=settings.webhook_allow_private,
+                scheduler=tasks.schedule,
             ),
         )
     finally:
         predictions.drain()
         await catalog.stop()
         await listener.stop()
+        await tasks.aclose()
         await redis.aclose()
         await engine.dispose()

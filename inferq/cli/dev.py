@@ -45,7 +45,7 @@ async def run_dev(settings: Settings, *, exit_after_setup: bool = False) -> int:
             if exit_after_setup:
                 await _smoke(base)
                 return 0
-            say("inferq dev is running: API, workers, direct producer 'demo'. Ctrl-C stops everything.")
+            say("inferq dev is running: API, workers, tasks, direct producer 'demo'. Ctrl-C stops everything.")
             return await _wait_for_signal_or_exit(children)
 
 
@@ -102,8 +102,8 @@ def _child_env(rt: Runtime) -> dict[str, str]:
 
 @contextlib.asynccontextmanager
 async def _children(env: dict[str, str]) -> AsyncIterator[list[asyncio.subprocess.Process]]:
-    """``inferq serve`` and ``inferq worker --all`` as child processes, stopped (drained) on exit."""
-    commands = (["serve"], ["worker", "--all"])
+    """``inferq serve``, ``inferq worker --all`` and ``inferq tasks`` as child processes, stopped (drained) on exit."""
+    commands = (["serve"], ["worker", "--all"], ["tasks"])
     children = [await asyncio.create_subprocess_exec(sys.executable, "-m", "inferq", *c, env=env) for c in commands]
     try:
         yield children
@@ -125,7 +125,7 @@ async def _wait_ready(base: str, children: list[asyncio.subprocess.Process], tim
     async with httpx.AsyncClient(base_url=base, timeout=2) as client:
         while time.monotonic() < deadline:
             if any(c.returncode is not None for c in children):
-                raise ServiceUnavailable("the API or the workers exited during startup (see their logs above)")
+                raise ServiceUnavailable("the API, workers or tasks exited during startup (see their logs above)")
             with contextlib.suppress(httpx.HTTPError):
                 models = (await client.get("/v1/models")).json()["models"]
                 if models and all(m.get("ready") for m in models):
@@ -135,12 +135,20 @@ async def _wait_ready(base: str, children: list[asyncio.subprocess.Process], tim
 
 
 async def _smoke(base: str) -> None:
-    """One prediction over HTTP through the queue: the check behind ``inferq dev --exit``."""
+    """One prediction and one small job over HTTP through the queue: the check behind ``inferq dev --exit``."""
     async with httpx.AsyncClient(base_url=base, timeout=30) as client:
         response = await client.post("/v1/models/iris/predict", json={"inputs": [[5.1, 3.5, 1.4, 0.2]]})
-    if response.status_code != 200:
-        raise ServiceUnavailable(f"smoke prediction answered {response.status_code}: {response.text}")
-    say(f"smoke test: POST /v1/models/iris/predict → 200 {response.json()['predictions'][0]['class_name']}")
+        if response.status_code != 200:
+            raise ServiceUnavailable(f"smoke prediction answered {response.status_code}: {response.text}")
+        say(f"smoke test: POST /v1/models/iris/predict → 200 {response.json()['predictions'][0]['class_name']}")
+        job = (await client.post("/v1/jobs", json={"model": "iris", "inputs": [[5.1, 3.5, 1.4, 0.2]] * 3})).json()
+        deadline = time.monotonic() + 30
+        while job.get("status") in ("queued", "running") and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            job = (await client.get(f"/v1/jobs/{job['id']}")).json()
+    if job.get("status") != "succeeded":
+        raise ServiceUnavailable(f"smoke job ended {job.get('status')}: {job}")
+    say(f"smoke test: POST /v1/jobs (3 rows) → {job['status']} {job['counts']}")
 
 
 async def _print_tour(rt: Runtime, base: str) -> None:
@@ -161,11 +169,15 @@ def _examples(base: str) -> list[str]:
     json_header = "-H 'content-type: application/json'"
     iris = json.dumps({"inputs": [[5.1, 3.5, 1.4, 0.2]]})
     wine = json.dumps({"inputs": json.loads(EXAMPLE_WINE)})
+    job = json.dumps(
+        {"model": "iris", "inputs": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], "custom_ids": ["a", "b"]}
+    )
     v2 = json.dumps({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]})
     return [
         f"curl -s {base}/v1/models/iris/predict {json_header} -d {shlex.quote(iris)}",
         f"curl -s {base}/v1/models/wine@2/predict {json_header} -d {shlex.quote(wine)}",
         f"curl -s {base}/v2/models/iris/infer {json_header} -d {shlex.quote(v2)}",
+        f"curl -s {base}/v1/jobs {json_header} -d {shlex.quote(job)}   # a batch job; then GET /v1/jobs/<id>",
         f".venv/bin/inferq predict wine@prod --input {shlex.quote(EXAMPLE_WINE)}   # in-process, no server",
         ".venv/bin/inferq models show wine",
     ]

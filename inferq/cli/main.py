@@ -47,6 +47,20 @@ def build_parser() -> argparse.ArgumentParser:
     secret.add_argument("--tenant", default="default", help="tenant id (default: default)")
     secret.add_argument("--rotate", action="store_true", help="a new secret; the old one keeps signing for a day")
 
+    jobs = commands.add_parser("jobs", help="batch jobs over the HTTP API").add_subparsers(
+        dest="jobs_command", required=True, metavar="SUBCOMMAND"
+    )
+    submit = jobs.add_parser("submit", help="upload a JSONL or CSV file as a batch job (streamed)")
+    submit.add_argument(
+        "file", help='JSONL ({"custom_id", "inputs"} per line) or CSV (header; custom_id column optional)'
+    )
+    submit.add_argument("--model", required=True, help="name, name@VERSION or name@ALIAS")
+    submit.add_argument("--wait", action="store_true", help="follow the job (progress on stderr) until it ends")
+    submit.add_argument("--url", help="the API's base URL (default http://INFERQ_HOST:INFERQ_PORT)")
+    submit.add_argument("--idempotency-key", help="a retried submission with the same key is the same job")
+    submit.add_argument("--webhook", help="URL to notify when the job ends (signed, retried)")
+    submit.add_argument("--completion-window", help="the job's deadline: seconds or 30m / 24h / 7d")
+
     dev = commands.add_parser("dev", help="run the whole system locally with demo models")
     dev.add_argument("--exit", action="store_true", help="set everything up, print the tour, then exit")
 
@@ -116,6 +130,20 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         from inferq.cli.tasks import print_secret
 
         return await print_secret(settings, tenant=args.tenant, rotate=args.rotate)
+    if args.command == "jobs":
+        from pathlib import Path
+
+        from inferq.cli.jobs import submit
+
+        return await submit(
+            url=args.url or f"http://{settings.host}:{settings.port}",
+            file=Path(args.file),
+            model=args.model,
+            wait=args.wait,
+            idempotency_key=args.idempotency_key,
+            webhook=args.webhook,
+            completion_window=args.completion_window,
+        )
     if args.command == "predict":
         from inferq.cli.predict import predict
 

@@ -52,13 +52,15 @@ async def run_worker(settings: Settings, *, all_models: bool, models: list[str] 
 async def serve_pool(settings: Settings, *, all_models: bool, models: list[str] | None, parent_pid: int = 0) -> int:
     """One worker process in this process: serve until SIGTERM/SIGINT (or the parent's death), drain, 0."""
     from inferq.streams.connection import connect
+    from inferq.streams.tasks import TaskQueue
     from inferq.workers.pool import WorkerPool
     from inferq.workers.selection import Selection
 
     selection = Selection.parse(all_models=all_models, models=models)
     async with opened(settings, redis=True) as rt:
         redis = connect(rt.services, blocking_ms=settings.queue.block_ms)
-        pool = WorkerPool(settings, redis=redis, sessions=rt.sessions, selection=selection)
+        tasks = TaskQueue(redis, prefix=settings.services.key_prefix)  # job webhooks go to `inferq tasks`
+        pool = WorkerPool(settings, redis=redis, sessions=rt.sessions, selection=selection, schedule=tasks.schedule)
         watcher = asyncio.create_task(_watch_parent(parent_pid, pool.stop)) if parent_pid else None
         try:
             with _on_signals(pool.stop):
@@ -66,6 +68,7 @@ async def serve_pool(settings: Settings, *, all_models: bool, models: list[str] 
         finally:
             if watcher is not None:
                 watcher.cancel()
+            await tasks.aclose()
             await redis.aclose()
     return 0
 
