@@ -213,3 +213,50 @@ async def test_events_stream_until_terminal(
     assert statuses[-1] == "succeeded"
     listed = (await api.client.get("/v1/jobs", params={"model": iris.model, "status": "succeeded"})).json()
     assert [j["id"] for j in listed["data"]] == [job["id"]]
+
+
+async def test_a_201_mb_upload_is_refused_early_and_nothing_is_stored(api: Api, iris: ModelVersion) -> None:
+    line = json.dumps({"inputs": GOOD_ROW}).ljust(999_999).encode() + b"\n"  # 1 MB of JSON per line
+    assert len(line) == 1_000_000
+    sent = 0
+
+    async def body() -> AsyncIterator[bytes]:
+        nonlocal sent
+        yield b'--b\r\nContent-Disposition: form-data; name="model"\r\n\r\n' + iris.key.encode() + b"\r\n"
+        yield b'--b\r\nContent-Disposition: form-data; name="file"; filename="big.jsonl"\r\n\r\n'
+        for _ in range(201):
+            sent += len(line)
+            yield line
+        yield b"\r\n--b--\r\n"
+
+    headers = {"content-type": "multipart/form-data; boundary=b"}
+    streamed = await api.client.post("/v1/jobs", content=body(), headers=headers)
+    assert (streamed.status_code, streamed.json()["code"]) == (413, "payload_too_large")
+    assert sent <= 202_000_000  # refused as the limit passed, not after some unbounded read
+    assert await declared_too_large(api) == 413
+    assert await bulk_length(api, iris) == 0
+    assert (await api.client.get("/v1/jobs", params={"model": iris.model})).json()["data"] == []
+
+
+async def declared_too_large(api: Api) -> int:
+    """A body whose Content-Length is over the limit (200 MB of file + 1 MiB for the form) is refused
+    before any of it is read (raw ASGI: HTTP clients set Content-Length themselves)."""
+    reads, sent = 0, []
+
+    async def receive() -> dict[str, Any]:
+        nonlocal reads
+        reads += 1
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+        "path": "/v1/jobs", "raw_path": b"/v1/jobs", "query_string": b"", "root_path": "", "client": ("t", 1),
+        "server": ("api", 80), "state": {},
+        "headers": [(b"content-type", b"multipart/form-data; boundary=b"), (b"content-length", b"202000000")],
+    }  # fmt: skip
+    await api.app(scope, receive, send)  # type: ignore[arg-type]
+    assert reads == 0
+    return int(sent[0]["status"])

@@ -28,6 +28,7 @@ _DOC = (
     "(JSON) first, then the `file` part). 202 once the job and all its rows are committed; with the same "
     "`Idempotency-Key` and body, 200 with the existing job; with another body, 409."
 )
+FORM_OVERHEAD = 1024 * 1024  # a multipart body may exceed the file limit by its fields and part headers
 _body = msgspec.json.Decoder(JobCreateBody)
 _webhook = msgspec.json.Decoder(WebhookSpec)
 _metadata = msgspec.json.Decoder(dict[str, str])
@@ -43,6 +44,9 @@ async def submit_job(request: Request[Any, Any, Any], jobs: NamedDependency[JobS
     correlation_id = str(request.scope["state"].get("correlation_id", ""))
     content_type = request.headers.get("content-type", "")
     limit = jobs.settings.max_upload_bytes
+    declared = request.headers.get("content-length", "")
+    if declared.isdecimal() and int(declared) > limit + FORM_OVERHEAD:  # refused before a byte is read
+        raise _too_large(limit)
     if content_type.startswith("multipart/"):
         submission = await _upload(request, jobs, key=key, correlation_id=correlation_id, limit=limit)
     else:
@@ -79,7 +83,7 @@ async def _upload(
     request: Request[Any, Any, Any], jobs: JobService, *, key: str | None, correlation_id: str, limit: int
 ) -> Submission:
     boundary = form_boundary(request.headers.get("content-type"))
-    form = await read_form(request.stream(), boundary=boundary, max_bytes=limit)
+    form = await read_form(request.stream(), boundary=boundary, max_bytes=limit + FORM_OVERHEAD)
     fields = form.fields
     unknown = set(fields) - {"model", "webhook", "completion_window", "metadata"}
     if unknown:
@@ -223,7 +227,7 @@ def _decode_field(decoder: msgspec.json.Decoder[Any], fields: dict[str, str], na
 
 
 def _too_large(limit: int) -> PayloadTooLarge:
-    return PayloadTooLarge(f"the body is over {limit} bytes", max_bytes=limit)
+    return PayloadTooLarge(f"a job's body or file is limited to {limit} bytes", max_bytes=limit)
 
 
 JOB_HANDLERS = [submit_job, get_job, list_jobs, cancel_job, job_results, results_jsonl, errors_jsonl, job_events,
