@@ -35,7 +35,7 @@ from inferq.contracts.jobs import (
 )
 from inferq.contracts.models import ModelRef, ModelVersion
 from inferq.contracts.names import Names
-from inferq.errors import InvalidInput, ModelNotFound
+from inferq.errors import InvalidInput, ModelNotFound, ServiceUnavailable
 from inferq.inputs.uploads import UploadFormat, UploadRow, upload_parser
 from inferq.settings import JobsSettings
 from inferq.store.deliveries import DeliveryStore
@@ -154,7 +154,7 @@ class JobService:
                 entries = await enqueue_chunks(self._redis, self._names, chunks, now=_now())
                 await self._store.mark_enqueued(job_id, [(seq, entry) for _, seq, entry in entries])
                 done, after = done + len(chunks), chunks[-1].seq
-        except UNAVAILABLE as exc:  # the job is committed: the reconciler enqueues the rest
+        except (*UNAVAILABLE, ServiceUnavailable) as exc:  # the job is committed: the reconciler enqueues the rest
             log.warning("job.enqueue_deferred", job_id=job_id, enqueued=done, error=str(exc))
         return done
 

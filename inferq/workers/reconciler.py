@@ -32,6 +32,8 @@ from inferq.streams.chunks import chunk_message, enqueue_chunks, entries_present
 from inferq.streams.connection import UNAVAILABLE
 from inferq.streams.tasks import TaskQueue
 
+MAX_PAGES = 50  # chunks re-checked per pass: MAX_PAGES × batch
+
 log = structlog.get_logger(__name__)
 
 BATCH = 100  # chunks and deliveries looked at per step and pass
@@ -106,20 +108,36 @@ class Reconciler:
             return 0
         try:
             older_than = now - dt.timedelta(seconds=self._settings.stranded_after_s)
-            chunks = await self._jobs.stranded_chunks(older_than=older_than, limit=self._batch)
-            present = await entries_present(self._redis, self._names, chunks) if chunks else []
-            missing = [chunk for chunk, there in zip(chunks, present, strict=True) if not there]
-            readable = [chunk for chunk in missing if _readable(chunk, now=now)]
-            entries = await enqueue_chunks(self._redis, self._names, readable, now=now)
-            by_job: defaultdict[str, list[tuple[int, str]]] = defaultdict(list)
-            for job_id, seq, entry_id in entries:
-                by_job[job_id].append((seq, entry_id))
-            for job_id, marks in by_job.items():
-                await self._jobs.mark_enqueued(job_id, marks)
-            return len(entries)
+            requeued = 0
+            for _ in range(MAX_PAGES):  # a wiped Redis may have lost thousands of chunks: not 100 per pass
+                chunks = await self._jobs.stranded_chunks(older_than=older_than, limit=self._batch)
+                if not chunks:
+                    break
+                requeued += await self._requeue_page(chunks, now=now)
+                if len(chunks) < self._batch:
+                    break
+            return requeued
         finally:
             with contextlib.suppress(LockError):  # held longer than its timeout: another pass may own it now
                 await lock.release()
+
+    async def _requeue_page(self, chunks: list[QueuedChunk], *, now: dt.datetime) -> int:
+        """Re-enqueue the chunks whose entry is gone; mark the ones still on their lane as seen now, so the
+        next page (and the next pass, until ``stranded_after_s``) moves past them."""
+        present = await entries_present(self._redis, self._names, chunks)
+        missing = [chunk for chunk, there in zip(chunks, present, strict=True) if not there]
+        readable = {(c.job_id, c.seq) for c in missing if _readable(c, now=now)}
+        entries = await enqueue_chunks(
+            self._redis, self._names, [c for c in missing if (c.job_id, c.seq) in readable], now=now
+        )
+        seen = [(c.job_id, c.seq, c.entry_id or "") for c, there in zip(chunks, present, strict=True) if there]
+        seen += [(c.job_id, c.seq, "") for c in missing if (c.job_id, c.seq) not in readable]  # logged, seen later
+        by_job: defaultdict[str, list[tuple[int, str]]] = defaultdict(list)
+        for job_id, seq, entry_id in [*entries, *seen]:
+            by_job[job_id].append((seq, entry_id))
+        for job_id, marks in by_job.items():
+            await self._jobs.mark_enqueued(job_id, marks)
+        return len(entries)
 
     async def expire_overdue(self, now: dt.datetime) -> int:
         """Expire open jobs past their deadline and schedule their ``job.expired`` deliveries; how many expired."""

