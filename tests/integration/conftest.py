@@ -6,10 +6,14 @@ import secrets
 from collections.abc import AsyncIterator
 
 import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from test_store_jobs_kit import Tenants
 
 from inferq.contracts.models import ModelSignature, TensorSpec
 from inferq.store.database import create_engine, create_sessionmaker
+from inferq.store.jobs import JobStore
 from inferq.store.migrate import upgrade
 from inferq.store.registry import Registry
 
@@ -60,3 +64,42 @@ def signature() -> ModelSignature:
         label_output="label",
         probabilities_output="probabilities",
     )
+
+
+# Job store fixtures, shared by tests/integration/test_store_jobs*.py (their helpers: test_store_jobs_kit.py).
+
+
+@pytest.fixture
+def store(sessionmaker: async_sessionmaker[AsyncSession]) -> JobStore:
+    return JobStore(sessionmaker)
+
+
+@pytest.fixture
+async def tenants(sessionmaker: async_sessionmaker[AsyncSession]) -> AsyncIterator[Tenants]:
+    """Tenants of the test's own (listings and counts see only its jobs), dropped with all they own."""
+    made = Tenants(sessionmaker)
+    yield made
+    await made.drop()
+
+
+@pytest.fixture
+async def tenant(tenants: Tenants) -> str:
+    return await tenants.new()
+
+
+@pytest.fixture
+async def empty_database_url(database_url: str) -> AsyncIterator[str]:
+    """A second, empty database on the run's server, named after the run's own and dropped after."""
+    url = make_url(database_url)
+    name = f"{url.database}_scratch_{secrets.token_hex(3)}"
+    admin = create_engine(url.set(database="postgres").render_as_string(hide_password=False))
+    try:
+        async with admin.connect() as conn:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await conn.execute(text(f'CREATE DATABASE "{name}"'))
+        yield url.set(database=name).render_as_string(hide_password=False)
+        async with admin.connect() as conn:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        await admin.dispose()

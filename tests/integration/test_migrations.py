@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import secrets
-from collections.abc import AsyncIterator
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import CheckConstraint, Connection, inspect, text
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from inferq.store.database import create_engine
@@ -22,24 +19,6 @@ pytestmark = pytest.mark.integration
 REGISTRY_TABLES = {"tenants", "models", "model_versions", "model_aliases", "artifacts", "artifact_chunks"}
 JOB_TABLES = {"jobs", "job_chunks", "job_events", "webhook_deliveries", "webhook_attempts", "webhook_endpoints",
               "webhook_secrets"}  # fmt: skip
-
-
-@pytest.fixture
-async def empty_database_url(database_url: str) -> AsyncIterator[str]:
-    """A second, empty database on the run's server, named after the run's own and dropped after."""
-    url = make_url(database_url)
-    name = f"{url.database}_scratch_{secrets.token_hex(3)}"
-    admin = create_engine(url.set(database="postgres").render_as_string(hide_password=False))
-    try:
-        async with admin.connect() as conn:
-            await conn.execution_options(isolation_level="AUTOCOMMIT")
-            await conn.execute(text(f'CREATE DATABASE "{name}"'))
-        yield url.set(database=name).render_as_string(hide_password=False)
-        async with admin.connect() as conn:
-            await conn.execution_options(isolation_level="AUTOCOMMIT")
-            await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        await admin.dispose()
 
 
 async def test_upgrade_from_empty_creates_every_table_at_head(migrated_db: str, engine: AsyncEngine) -> None:

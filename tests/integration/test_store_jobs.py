@@ -18,23 +18,6 @@ from inferq.store.tables import JobChunkRow, JobEventRow, JobRow
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def store(sessionmaker: Sessions) -> JobStore:
-    return JobStore(sessionmaker)
-
-
-@pytest.fixture
-async def tenants(sessionmaker: Sessions) -> AsyncIterator[Tenants]:
-    made = Tenants(sessionmaker)
-    yield made
-    await made.drop()
-
-
-@pytest.fixture
-async def tenant(tenants: Tenants) -> str:
-    return await tenants.new()
-
-
 async def test_create_counts_rows_chunks_and_rejected_rows(store: JobStore, tenant: str) -> None:
     chunks = stream(valid_chunk(0, range(256)), reject_chunk(1, [256, 257]), valid_chunk(2, range(258, 268)))
     job, created = await store.create(new_job(tenant, window_s=600), chunks)

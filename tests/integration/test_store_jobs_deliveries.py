@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import json
-from collections.abc import AsyncIterator
 
 import pytest
 from test_store_jobs_kit import Sessions, Tenants, count, new_job, stream, success, valid_chunk
@@ -22,26 +21,9 @@ HOOK = "https://hooks.example.com/inferq"
 
 
 @pytest.fixture
-def store(sessionmaker: Sessions) -> JobStore:
-    return JobStore(sessionmaker)
-
-
-@pytest.fixture
 def deliveries(sessionmaker: Sessions) -> DeliveryStore:
     numbers = itertools.count(1)
     return DeliveryStore(sessionmaker, new_secret=lambda: f"whsec_{next(numbers)}")
-
-
-@pytest.fixture
-async def tenants(sessionmaker: Sessions) -> AsyncIterator[Tenants]:
-    made = Tenants(sessionmaker)
-    yield made
-    await made.drop()
-
-
-@pytest.fixture
-async def tenant(tenants: Tenants) -> str:
-    return await tenants.new()
 
 
 def soon(seconds: float = 0) -> dt.datetime:

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import AsyncIterator
 
 import pytest
 from test_store_jobs_kit import (
     Sessions,
-    Tenants,
     count,
     failure,
     new_job,
@@ -27,23 +25,6 @@ from inferq.store.tables import DeliveryRow, JobChunkRow, JobEventRow
 pytestmark = pytest.mark.integration
 
 HOOK = "https://hooks.example.com/inferq"
-
-
-@pytest.fixture
-def store(sessionmaker: Sessions) -> JobStore:
-    return JobStore(sessionmaker)
-
-
-@pytest.fixture
-async def tenants(sessionmaker: Sessions) -> AsyncIterator[Tenants]:
-    made = Tenants(sessionmaker)
-    yield made
-    await made.drop()
-
-
-@pytest.fixture
-async def tenant(tenants: Tenants) -> str:
-    return await tenants.new()
 
 
 def types(events: list[EventRecord]) -> list[str]:

@@ -2,33 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
-from test_store_jobs_kit import Sessions, Tenants, failure, new_job, reject_chunk, stream, success, valid_chunk
+from test_store_jobs_kit import failure, new_job, reject_chunk, stream, success, valid_chunk
 
 from inferq.contracts.jobs import JobRecord, ResultFilter, ResultLine
 from inferq.errors import InvalidInput
 from inferq.store.jobs import JobStore
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def store(sessionmaker: Sessions) -> JobStore:
-    return JobStore(sessionmaker)
-
-
-@pytest.fixture
-async def tenants(sessionmaker: Sessions) -> AsyncIterator[Tenants]:
-    made = Tenants(sessionmaker)
-    yield made
-    await made.drop()
-
-
-@pytest.fixture
-async def tenant(tenants: Tenants) -> str:
-    return await tenants.new()
 
 
 async def everything(store: JobStore, tenant: str, job_id: str, *, which: ResultFilter, limit: int) -> list[ResultLine]:

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import AsyncIterator
-
 import pytest
 from alembic import command
 from sqlalchemy import Connection, inspect, text
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from test_store_jobs_kit import Sessions, Tenants, new_job, stream, valid_chunk
@@ -28,31 +24,6 @@ JOB_TABLES = {
     "webhook_endpoints",
     "webhook_secrets",
 }
-
-
-@pytest.fixture
-async def tenants(sessionmaker: Sessions) -> AsyncIterator[Tenants]:
-    made = Tenants(sessionmaker)
-    yield made
-    await made.drop()
-
-
-@pytest.fixture
-async def scratch_url(database_url: str) -> AsyncIterator[str]:
-    """An empty database of the test's own on the run's server, dropped after."""
-    url = make_url(database_url)
-    name = f"{url.database}_jobs_{secrets.token_hex(3)}"
-    admin = create_engine(url.set(database="postgres").render_as_string(hide_password=False))
-    try:
-        async with admin.connect() as conn:
-            await conn.execution_options(isolation_level="AUTOCOMMIT")
-            await conn.execute(text(f'CREATE DATABASE "{name}"'))
-        yield url.set(database=name).render_as_string(hide_password=False)
-        async with admin.connect() as conn:
-            await conn.execution_options(isolation_level="AUTOCOMMIT")
-            await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        await admin.dispose()
 
 
 async def _tables(url: str) -> set[str]:
@@ -78,17 +49,17 @@ async def _downgrade(url: str, revision: str) -> None:
         await engine.dispose()
 
 
-async def test_0002_upgrades_from_0001_and_downgrades_cleanly(scratch_url: str) -> None:
-    await upgrade(scratch_url, revision="0001")
-    assert not (await _tables(scratch_url)) & JOB_TABLES
-    await upgrade(scratch_url)
-    assert await current(scratch_url) == head()
-    assert await _tables(scratch_url) >= JOB_TABLES
-    await _downgrade(scratch_url, "0001")
-    assert await current(scratch_url) == "0001"
-    assert not (await _tables(scratch_url)) & JOB_TABLES
-    await upgrade(scratch_url)
-    assert await _tables(scratch_url) >= JOB_TABLES
+async def test_0002_upgrades_from_0001_and_downgrades_cleanly(empty_database_url: str) -> None:
+    await upgrade(empty_database_url, revision="0001")
+    assert not (await _tables(empty_database_url)) & JOB_TABLES
+    await upgrade(empty_database_url)
+    assert await current(empty_database_url) == head()
+    assert await _tables(empty_database_url) >= JOB_TABLES
+    await _downgrade(empty_database_url, "0001")
+    assert await current(empty_database_url) == "0001"
+    assert not (await _tables(empty_database_url)) & JOB_TABLES
+    await upgrade(empty_database_url)
+    assert await _tables(empty_database_url) >= JOB_TABLES
 
 
 async def test_constraints_keep_states_and_events_consistent(
