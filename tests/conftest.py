@@ -79,6 +79,20 @@ async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     await client.aclose()
 
 
+@pytest.fixture
+async def fresh_database(database_url: str) -> AsyncIterator[str]:
+    """A migrated database of the test's own, dropped after: for code that acts on every row (task workers)."""
+    from inferq.store.migrate import upgrade
+
+    server = make_url(database_url)
+    name = f"{server.database}_own_{secrets.token_hex(3)}"
+    await _admin(server, f'CREATE DATABASE "{name}"')
+    url = server.set(database=name).render_as_string(hide_password=False)
+    await upgrade(url)
+    yield url
+    await _admin(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 async def _admin(server: URL, statement: str) -> None:
     """Run one statement on the server's maintenance database."""
     admin = server.set(database="postgres")

@@ -11,13 +11,10 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
-import asyncpg
 import pytest
 import redis.asyncio as aioredis
 from sqlalchemy import insert
-from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from standardwebhooks import Webhook
 
@@ -27,7 +24,6 @@ from inferq.settings import Settings
 from inferq.store.database import create_engine, create_sessionmaker
 from inferq.store.deliveries import DeliveryStore
 from inferq.store.jobs import JobStore
-from inferq.store.migrate import upgrade
 from inferq.store.tables import TenantRow
 from inferq.streams.tasks import TaskQueue
 from inferq.webhooks.signatures import new_secret
@@ -67,32 +63,8 @@ async def receiver() -> AsyncIterator[Receiver]:
 
 
 @pytest.fixture
-async def database(settings: Settings) -> AsyncIterator[str]:
-    """A fresh, migrated database: ``inferq tasks`` acts on every row of the one other tests share."""
-    assert settings.services.database_url
-    server = make_url(settings.services.database_url)
-    name = f"{server.database}_tasks_{secrets.token_hex(3)}"
-    await admin(server, f'CREATE DATABASE "{name}"')
-    url = server.set(database=name).render_as_string(hide_password=False)
-    await upgrade(url)
-    yield url
-    await admin(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-async def admin(server: URL, statement: str) -> None:
-    params: dict[str, Any] = server.set(database="postgres").translate_connect_args(username="user")
-    if "host" in server.query:  # unix socket form: postgresql://user@/db?host=/dir
-        params["host"] = server.query["host"]
-    conn = await asyncpg.connect(**params)
-    try:
-        await conn.execute(statement)
-    finally:
-        await conn.close()
-
-
-@pytest.fixture
-async def sessionmaker(database: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    engine = create_engine(database)
+async def sessionmaker(fresh_database: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    engine = create_engine(fresh_database)
     yield create_sessionmaker(engine)
     await engine.dispose()
 
@@ -148,12 +120,16 @@ async def drain(queue: TaskQueue) -> None:
 
 
 async def test_inferq_tasks_delivers_scheduled_and_lost_webhooks_then_stops_on_sigterm(
-    settings: Settings, database: str, sessionmaker: async_sessionmaker[AsyncSession], redis_client: aioredis.Redis,
-    receiver: Receiver, tmp_path: Path,
-) -> None:  # fmt: skip
+    settings: Settings,
+    fresh_database: str,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    redis_client: aioredis.Redis,
+    receiver: Receiver,
+    tmp_path: Path,
+) -> None:
     env = cli_env(
         settings,
-        database=database,
+        database=fresh_database,
         INFERQ_WEBHOOK_ALLOW_PRIVATE="true",
         INFERQ_RECONCILE_INTERVAL_S="0.2",
         INFERQ_WEBHOOK_TIMEOUT_S="2",
@@ -207,9 +183,9 @@ async def test_inferq_tasks_delivers_scheduled_and_lost_webhooks_then_stops_on_s
 
 
 async def test_webhooks_secret_prints_rotates_and_refuses_an_unknown_tenant(
-    settings: Settings, database: str, sessionmaker: async_sessionmaker[AsyncSession]
+    settings: Settings, fresh_database: str, sessionmaker: async_sessionmaker[AsyncSession]
 ) -> None:
-    env = cli_env(settings, database=database)
+    env = cli_env(settings, database=fresh_database)
     tenant = await make_tenant(sessionmaker)
 
     made = await inferq("webhooks", "secret", "--tenant", tenant, env=env)

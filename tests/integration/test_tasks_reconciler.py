@@ -12,15 +12,12 @@ import json
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
-import asyncpg
 import msgspec
 import numpy as np
 import pytest
 import redis.asyncio as aioredis
 from sqlalchemy import func, insert, select, update
-from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from test_tasks_deliverer import drain
 from test_webhook_sender import Receiver
@@ -35,7 +32,6 @@ from inferq.settings import JobsSettings, Settings
 from inferq.store.database import create_engine, create_sessionmaker
 from inferq.store.deliveries import DeliveryStore
 from inferq.store.jobs import JobStore
-from inferq.store.migrate import upgrade
 from inferq.store.tables import JobChunkRow, JobEventRow, JobRow, TenantRow
 from inferq.streams.chunks import enqueue_chunks
 from inferq.streams.partition import Partition
@@ -356,33 +352,10 @@ async def eventually(check: Callable[[], Awaitable[bool]], *, timeout_s: float =
     raise AssertionError(f"not within {timeout_s} s")
 
 
-@pytest.fixture
-async def own_database(database_url: str) -> AsyncIterator[str]:
-    """A fresh, migrated database: a running task worker acts on every row of the one other tests share."""
-    server = make_url(database_url)
-    name = f"{server.database}_tasks_{secrets.token_hex(3)}"
-    await admin(server, f'CREATE DATABASE "{name}"')
-    url = server.set(database=name).render_as_string(hide_password=False)
-    await upgrade(url)
-    yield url
-    await admin(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-async def admin(server: URL, statement: str) -> None:
-    params: dict[str, Any] = server.set(database="postgres").translate_connect_args(username="user")
-    if "host" in server.query:  # unix socket form: postgresql://user@/db?host=/dir
-        params["host"] = server.query["host"]
-    conn = await asyncpg.connect(**params)
-    try:
-        await conn.execute(statement)
-    finally:
-        await conn.close()
-
-
 async def test_the_task_worker_outlives_a_redis_wipe_and_delivers_what_was_lost_meanwhile(
-    settings: Settings, own_database: str, tmp_path: Path
+    settings: Settings, fresh_database: str, tmp_path: Path
 ) -> None:
-    engine = create_engine(own_database)
+    engine = create_engine(fresh_database)
     sessions = create_sessionmaker(engine)
     store, deliveries = JobStore(sessions), DeliveryStore(sessions, new_secret=new_secret)
     tenant = "default"  # seeded by the migration
@@ -392,7 +365,7 @@ async def test_the_task_worker_outlives_a_redis_wipe_and_delivers_what_was_lost_
     jobs = msgspec.structs.replace(
         settings.jobs, reconcile_interval_s=0.1, webhook_retry_scale=0.001, webhook_timeout_s=1.0
     )
-    services = msgspec.structs.replace(settings.services, redis_url=server.url, database_url=own_database)
+    services = msgspec.structs.replace(settings.services, redis_url=server.url, database_url=fresh_database)
     runner = TaskRunner(msgspec.structs.replace(settings, services=services, jobs=jobs, webhook_allow_private=True))
     running = asyncio.create_task(runner.run())
     delivered: dict[str, str] = {}  # job id → status
