@@ -96,6 +96,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--seconds", type=float, default=8.0, help="each wrk run")
+    parser.add_argument("--worker-processes", type=int, default=1, help="inferq worker --processes")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="inferq-bench-jobs-"))
     onnx = build("wine", 2).onnx
@@ -103,7 +104,8 @@ def main() -> None:
     upload = tmp / "rows.jsonl"
     write_jsonl(upload, args.rows, width)
     engine_256 = engine_rows_per_s(onnx, batch=256)
-    print(f"# {os.cpu_count()} cores; {args.rows:,} rows ({upload.stat().st_size / 1e6:.1f} MB JSONL)")
+    print(f"# {os.cpu_count()} cores; {args.rows:,} rows ({upload.stat().st_size / 1e6:.1f} MB JSONL); "
+          f"serve --workers 2, worker --processes {args.worker_processes}")  # fmt: skip
     print(f"engine in-process at batch 256: {engine_256:,.0f} rows/s")
 
     with started_services(ServiceSettings(state_dir=tmp / "state"), persist=False) as services:
@@ -119,7 +121,7 @@ def main() -> None:
         port = free_port()
         base = f"http://127.0.0.1:{port}"
         serve = [python(), "-m", "inferq", "serve", "--port", str(port), "--workers", "2"]
-        worker = [python(), "-m", "inferq", "worker", "--models", "wine@1", "--processes", "1"]
+        worker = [python(), "-m", "inferq", "worker", "--models", "wine@1", "--processes", str(args.worker_processes)]
         body = json.dumps({"inputs": [list(np.round(np.random.default_rng(1).normal(10, 3, width), 3))]})
         predict_url = f"{base}/v1/models/wine@1/predict"
         with process(serve, env=env, log=tmp / "api.log") as api:
