@@ -27,7 +27,8 @@ def configure_logging(level: str = "info") -> None:
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.dict_tracebacks,
+            # NOTE: no local variables in tracebacks: frames hold Settings, and with them database passwords.
+            structlog.processors.ExceptionRenderer(structlog.tracebacks.ExceptionDictTransformer(show_locals=False)),
             structlog.processors.JSONRenderer(serializer=_dumps),  # msgspec: a third of json's cost
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
