@@ -153,6 +153,15 @@ async def heartbeat(redis: aioredis.Redis, part: Partition, *, consumer: str, en
         await pipe.execute()
 
 
+def release(pipe: Pipeline, part: Partition, *, consumer: str, entries: list[Entry]) -> None:
+    """Queue: leave entries pending for a later run, as if this delivery had not happened (its count
+    set back, its idle time reset) — for a failure that is not the message's fault (Postgres down while
+    storing a job chunk's results), so that it never walks the entry towards the dead-letter stream."""
+    for entry in entries:
+        stream = part.stream(entry.lane)
+        pipe.xclaim(stream, part.group, consumer, 0, [entry.id], retrycount=max(0, entry.deliveries - 1), justid=True)
+
+
 async def remove_idle_consumers(redis: aioredis.Redis, part: Partition, *, idle_ms: int, keep: str) -> int:
     """Delete consumers with nothing pending that have been idle for ``idle_ms`` (dead workers)."""
     removed = 0

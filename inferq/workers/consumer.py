@@ -205,7 +205,7 @@ class PartitionConsumer:
         # Only under a backlog: at low load the read would come back empty and delay the next blocking one.
         read_next = stop is not None and not stop.is_set() and self._backlogged
         pipe = self._redis.pipeline(transaction=False)
-        self._publisher.queue(pipe, self._part, outcomes)
+        self._publisher.queue(pipe, self._part, outcomes, consumer=self._consumer)
         queued = queue_read(pipe, self._part, consumer=self._consumer, count=room, bulk=bulk) if read_next else 0
         self._unsettled = outcomes
         replies = await pipe.execute()

@@ -69,8 +69,11 @@ class JobSink:
                 continue
             try:
                 events += await self._record(outcome)
-            except Exception as exc:  # not acked: the entry stays pending and is reclaimed, run again, stored then
+            except Exception as exc:
+                # Not acked, and not counted as a delivery: the entry stays pending, is reclaimed and run again
+                # later, however long Postgres is away; it is never dead-lettered for this.
                 log.warning("job.chunk_unsaved", job_id=outcome.job.job_id, seq=outcome.job.seq, error=str(exc))
+                settle.append(dataclasses.replace(outcome, result=None, reply=None, retry=True))
                 continue
             settle.append(dataclasses.replace(outcome, result=None, reply=None))
         await self._announce(events)

@@ -11,7 +11,7 @@ from redis.asyncio.client import Pipeline
 
 from inferq.contracts.messages import InferResult, JobChunkRef, Reply
 from inferq.contracts.names import Names
-from inferq.streams.consumer import Entry, ack, dead_letter
+from inferq.streams.consumer import Entry, ack, dead_letter, release
 from inferq.streams.partition import Partition
 from inferq.streams.results import ResultStore, encode_result
 
@@ -29,6 +29,7 @@ class Outcome:
     dead_reason: str | None = None
     job: JobChunkRef | None = None  # a job chunk: its result goes to Postgres (workers/job_sink.py)
     rows: int = 0
+    retry: bool = False  # not settled (its result could not be stored): leave it pending, uncounted
 
 
 class JobOutcomes(Protocol):
@@ -56,23 +57,26 @@ class Publisher:
             return list(outcomes)
         return await self.jobs.persist(outcomes)
 
-    async def settle(self, part: Partition, outcomes: Sequence[Outcome]) -> None:
+    async def settle(self, part: Partition, outcomes: Sequence[Outcome], *, consumer: str) -> None:
         """Store and announce every result, then dead-letter or ack each entry. Raises on Redis errors:
         nothing is lost, the entries stay pending and the caller settles again (stores are idempotent)."""
         outcomes = await self.prepare(outcomes)
         if not outcomes:
             return
         pipe = self._redis.pipeline(transaction=False)
-        self.queue(pipe, part, outcomes)
+        self.queue(pipe, part, outcomes, consumer=consumer)
         await pipe.execute()
 
-    def queue(self, pipe: Pipeline, part: Partition, outcomes: Sequence[Outcome]) -> None:
+    def queue(self, pipe: Pipeline, part: Partition, outcomes: Sequence[Outcome], *, consumer: str) -> None:
         """Queue ``settle``'s commands on ``pipe``, for a caller that adds more to the round trip."""
         for outcome in outcomes:
             if outcome.result is not None:
                 self._store(pipe, outcome.result, outcome.reply)
+        release(pipe, part, consumer=consumer, entries=[o.entry for o in outcomes if o.retry])
         acked = []
         for outcome in outcomes:
+            if outcome.retry:
+                continue
             if outcome.dead_reason is not None:
                 dead_letter(pipe, part, outcome.entry, reason=outcome.dead_reason)
             else:

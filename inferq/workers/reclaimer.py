@@ -102,7 +102,7 @@ class Reclaimer:
     async def _handle(self, entry: Entry) -> None:
         decoded = decode(entry, self._part, now_ms=self._clock.now_ms())
         if isinstance(decoded, Outcome):
-            await self._publisher.settle(self._part, [decoded])
+            await self._publisher.settle(self._part, [decoded], consumer=self._consumer)
             return
         request, limit = decoded.request, self._queue.max_deliveries
         if entry.deliveries > limit:
@@ -110,11 +110,10 @@ class Reclaimer:
             error = InferenceFailed(reason, deliveries=entry.deliveries)
             result = finish(decoded, "dead_lettered", error=error)
             outcome = Outcome(entry, result, request.reply, dead_reason=reason, job=request.job, rows=request.rows)
-            await self._publisher.settle(self._part, [outcome])
+            await self._publisher.settle(self._part, [outcome], consumer=self._consumer)
             log.warning("request.dead_lettered", partition=self._part.key, id=request.id, reason=reason)
             return
         log.warning("request.reclaimed", partition=self._part.key, id=request.id, delivery=entry.deliveries)
         [result] = await self._executor.run([decoded], keep_alive=[entry])
-        await self._publisher.settle(
-            self._part, [Outcome(entry, result, request.reply, job=request.job, rows=request.rows)]
-        )
+        outcome = Outcome(entry, result, request.reply, job=request.job, rows=request.rows)
+        await self._publisher.settle(self._part, [outcome], consumer=self._consumer)

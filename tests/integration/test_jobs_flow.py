@@ -260,3 +260,41 @@ async def declared_too_large(api: Api) -> int:
     await api.app(scope, receive, send)  # type: ignore[arg-type]
     assert reads == 0
     return int(sent[0]["status"])
+
+
+async def test_postgres_failing_to_store_results_never_dead_letters_good_rows(
+    api: Api, iris: ModelVersion, job_settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    """While a chunk's results cannot be stored, its entry is left pending without counting a delivery:
+    however many times it is reclaimed and run again meanwhile, it is never dead-lettered for it."""
+    from sqlalchemy import text
+
+    job = (await api.client.post("/v1/jobs", json={"model": iris.key, "inputs": [GOOD_ROW] * 50})).json()
+    guard = f"refuse_{secrets.token_hex(4)}"
+    async with sessionmaker.begin() as session:
+        await session.execute(text(
+            f"CREATE FUNCTION {guard}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            f"IF NEW.job_id = '{job['id']}' THEN RAISE EXCEPTION 'storage refused'; END IF; RETURN NEW; END $$"
+        ))  # fmt: skip
+        await session.execute(
+            text(f"CREATE TRIGGER {guard} BEFORE UPDATE ON job_chunks FOR EACH ROW EXECUTE FUNCTION {guard}()")
+        )
+    fast = worker_settings(job_settings, reclaim_min_idle_ms=200, reclaim_interval_ms=50, max_deliveries=2)
+    try:
+        async with running_pool(fast, sessionmaker, select(iris)):
+            await asyncio.sleep(2.0)  # ~10 reclaims at 200 ms min-idle, each one failing to store
+            stuck = (await api.client.get(f"/v1/jobs/{job['id']}")).json()
+            async with sessionmaker.begin() as session:
+                await session.execute(text(f"DROP TRIGGER {guard} ON job_chunks"))
+                await session.execute(text(f"DROP FUNCTION {guard}()"))
+            done = await wait_terminal(api.client, job["id"])
+    finally:
+        async with sessionmaker.begin() as session:
+            await session.execute(text(f"DROP TRIGGER IF EXISTS {guard} ON job_chunks"))
+            await session.execute(text(f"DROP FUNCTION IF EXISTS {guard}()"))
+    assert (stuck["status"], stuck["counts"]["succeeded"] + stuck["counts"]["failed"]) == ("queued", 0)
+    assert done["status"] == "succeeded"
+    assert done["counts"] == {"total": 50, "succeeded": 50, "failed": 0}
+    names = Names(api.settings.services.key_prefix)
+    redis = api.app.state.services.predictions._redis
+    assert await redis.xlen(names.dead_letters(names.partition(iris.model, iris.version))) == 0
