@@ -86,7 +86,8 @@ class JobsSettings(msgspec.Struct, frozen=True, kw_only=True):
 
     chunk_rows: Annotated[int, msgspec.Meta(ge=1, le=65_536)] = 256
     max_job_rows: Annotated[int, msgspec.Meta(ge=1)] = 1_000_000
-    max_upload_bytes: Annotated[int, msgspec.Meta(ge=1)] = 200_000_000  # a job's file (or inline body): 200 MB
+    max_upload_bytes: Annotated[int, msgspec.Meta(ge=1)] = 200_000_000  # a job's file: 200 MB
+    max_inline_bytes: Annotated[int, msgspec.Meta(ge=1)] = 32 * 1024 * 1024  # a JSON job body (decoded whole)
     completion_window_default_s: Annotated[float, msgspec.Meta(gt=0)] = 86_400.0
     completion_window_max_s: Annotated[float, msgspec.Meta(gt=0)] = 7 * 86_400.0
     job_retention_s: Annotated[float, msgspec.Meta(gt=0)] = 30 * 86_400.0  # results deleted after this

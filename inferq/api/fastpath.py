@@ -108,7 +108,7 @@ class FastPredict:
 def _decode(body: bytes) -> PredictBody | None:
     try:
         return _body_decoder.decode(body)
-    except (msgspec.DecodeError, UnicodeDecodeError):
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         return None
 
 

@@ -11,6 +11,7 @@ import asyncio
 import builtins
 import datetime as dt
 import hashlib
+import re
 import tempfile
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from inferq.contracts.jobs import (
 )
 from inferq.contracts.models import ModelRef, ModelVersion
 from inferq.contracts.names import Names
-from inferq.errors import InvalidInput, ModelNotFound, ServiceUnavailable
+from inferq.errors import InvalidInput, JobNotFound, ModelNotFound, ServiceUnavailable, UnsafeWebhookUrl
 from inferq.inputs.uploads import UploadFormat, UploadRow, upload_parser
 from inferq.settings import JobsSettings
 from inferq.store.deliveries import DeliveryStore
@@ -47,6 +48,7 @@ from inferq.webhooks.addresses import check_url, resolve
 log = structlog.get_logger(__name__)
 SPOOL_IN_MEMORY = 8 * 1024 * 1024  # an upload with an Idempotency-Key is hashed first, spooled to disk beyond this
 READ_SIZE = 1024 * 1024
+_JOB_ID = re.compile(r"job_[0-9a-f]{32}")
 
 
 class WebhookSecret(msgspec.Struct, frozen=True, kw_only=True):
@@ -69,6 +71,7 @@ class Submission:
     idempotency_key: str | None = None
     request_sha256: str | None = None
     correlation_id: str = ""
+    version: ModelVersion | None = None  # already resolved (an upload checks its CSV header against it)
 
 
 class JobService:
@@ -85,7 +88,7 @@ class JobService:
         settings: JobsSettings,
         max_elements: int,
         allow_private: bool,
-        scheduler: Callable[[str, int], Awaitable[None]] | None = None,
+        scheduler: Callable[[str, int, bool], Awaitable[None]] | None = None,
     ) -> None:
         self._catalog = catalog
         self._store = store
@@ -107,7 +110,7 @@ class JobService:
 
     async def submit(self, submission: Submission) -> tuple[JobRecord, bool]:
         """Check, store (one transaction) and enqueue a job; ``(job, created)`` (``False``: idempotent replay)."""
-        version = await self.resolve(submission.model)
+        version = submission.version or await self.resolve(submission.model)
         if submission.webhook is not None:
             await self.check_webhook(submission.webhook.url)
         window = completion_window_s(
@@ -144,7 +147,10 @@ class JobService:
     async def check_webhook(self, url: str) -> None:
         """Refuse a webhook URL that is malformed or resolves to a private address (checked again at connect)."""
         target = check_url(url, allow_private=self._allow_private)
-        await resolve(target, allow_private=self._allow_private)
+        try:
+            await resolve(target, allow_private=self._allow_private)
+        except (OSError, TimeoutError) as exc:  # gaierror (no such name) is an OSError
+            raise UnsafeWebhookUrl(f"webhook host {target.host!r} does not resolve: {exc}", url=url) from None
 
     async def enqueue(self, job_id: str) -> int:
         """Put the job's never-enqueued chunks on the bulk lane; chunks enqueued (0 when Redis is down)."""
@@ -154,12 +160,13 @@ class JobService:
                 entries = await enqueue_chunks(self._redis, self._names, chunks, now=_now())
                 await self._store.mark_enqueued(job_id, [(seq, entry) for _, seq, entry in entries])
                 done, after = done + len(chunks), chunks[-1].seq
-        except (*UNAVAILABLE, ServiceUnavailable) as exc:  # the job is committed: the reconciler enqueues the rest
-            log.warning("job.enqueue_deferred", job_id=job_id, enqueued=done, error=str(exc))
+        except Exception as exc:  # the job is committed: its 202 stands, the reconciler enqueues the rest
+            level = log.warning if isinstance(exc, (*UNAVAILABLE, ServiceUnavailable)) else log.exception
+            level("job.enqueue_deferred", job_id=job_id, enqueued=done, error=str(exc))
         return done
 
     async def get(self, tenant: str, job_id: str) -> JobRecord:
-        return await self._store.get(tenant, job_id)
+        return await self._store.get(tenant, checked_id(job_id))
 
     async def list(
         self,
@@ -184,7 +191,7 @@ class JobService:
 
     async def cancel(self, tenant: str, job_id: str) -> JobRecord:
         """Queued chunks are skipped by workers; running ones finish and their results are kept."""
-        record = await self._store.cancel(tenant, job_id)
+        record = await self._store.cancel(tenant, checked_id(job_id))
         log.info("job.canceled", job_id=job_id)
         await self._schedule_pending(tenant, job_id)
         return record
@@ -192,30 +199,30 @@ class JobService:
     async def results_page(
         self, tenant: str, job_id: str, *, cursor: str | None, limit: int, which: ResultFilter
     ) -> ResultPage:
-        return await self._store.results_page(tenant, job_id, cursor=cursor, limit=limit, which=which)
+        return await self._store.results_page(tenant, checked_id(job_id), cursor=cursor, limit=limit, which=which)
 
     async def results(self, tenant: str, job_id: str, *, which: ResultFilter) -> AsyncIterator[ResultLine]:
-        return await self._store.iter_results(tenant, job_id, which=which)
+        return await self._store.iter_results(tenant, checked_id(job_id), which=which)
 
     async def watch(self, tenant: str, job_id: str, *, interval_s: float = 0.5) -> AsyncIterator[JobRecord]:
         """The job now and at every change of status or counts, until it is terminal."""
-        record = await self._store.get(tenant, job_id)
+        record = await self.get(tenant, job_id)
         yield record
         seen = _progress(record)
         while not record.terminal:
             await asyncio.sleep(interval_s)
-            record = await self._store.get(tenant, job_id)
+            record = await self.get(tenant, job_id)
             if _progress(record) != seen:
                 seen = _progress(record)
                 yield record
 
     async def webhook_log(self, tenant: str, job_id: str) -> builtins.list[DeliveryView]:
-        return await self.deliveries.for_job(tenant, job_id)
+        return await self.deliveries.for_job(tenant, checked_id(job_id))
 
     async def replay_webhook(self, tenant: str, job_id: str, delivery_id: str) -> DeliveryView:
         """A new series of attempts for one delivery (same event, same ``webhook-id``), scheduled now."""
-        view = await self.deliveries.replay(tenant, job_id, delivery_id)
-        await self._schedule(delivery_id, attempt=view.attempts + 1)
+        view = await self.deliveries.replay(tenant, checked_id(job_id), delivery_id)
+        await self._schedule(delivery_id, attempt=view.attempts + 1, replay=True)
         return view
 
     async def webhook_secret(self, tenant: str, *, rotate: bool) -> WebhookSecret:
@@ -223,16 +230,16 @@ class JobService:
         return WebhookSecret(secret=secret, previous=previous)
 
     async def _schedule_pending(self, tenant: str, job_id: str) -> None:
-        for delivery in await self.deliveries.for_job(tenant, job_id):
+        for delivery in await self.deliveries.for_job(tenant, checked_id(job_id)):
             if delivery.status == "pending" and delivery.attempts == 0:
                 await self._schedule(delivery.id, attempt=1)
 
-    async def _schedule(self, delivery_id: str, *, attempt: int) -> None:
+    async def _schedule(self, delivery_id: str, *, attempt: int, replay: bool = False) -> None:
         """Hand the delivery to the task workers now; if that fails the reconciler's sweep finds it."""
         if self._scheduler is None:
             return
         try:
-            await self._scheduler(delivery_id, attempt)
+            await self._scheduler(delivery_id, attempt, replay)
         except Exception as exc:  # the delivery row is pending in Postgres: nothing is lost
             log.warning("webhook.schedule_deferred", delivery_id=delivery_id, error=str(exc))
 
@@ -249,7 +256,7 @@ async def upload_rows(
         yield row
 
 
-async def inline_rows(inputs: list[Any], custom_ids: list[str] | None) -> AsyncIterator[UploadRow]:
+async def inline_rows(inputs: list[Any], custom_ids: list[str | None] | None) -> AsyncIterator[UploadRow]:
     """Rows of an inline body (``line`` 0: not from a file)."""
     if custom_ids is not None and len(custom_ids) != len(inputs):
         raise InvalidInput(f"{len(custom_ids)} custom_ids for {len(inputs)} inputs", field="custom_ids")
@@ -281,6 +288,13 @@ async def spooled(chunks: AsyncIterable[bytes], *, fields: dict[str, str]) -> tu
                 yield data
 
     return digest.hexdigest(), again()
+
+
+def checked_id(job_id: str) -> str:
+    """A job id as the server makes them; anything else is unknown (a 404) without touching Postgres."""
+    if not _JOB_ID.fullmatch(job_id):
+        raise JobNotFound(f"job {job_id[:80]!r} not found", job_id=job_id[:80])
+    return job_id
 
 
 def _progress(record: JobRecord) -> tuple[str, int, int]:

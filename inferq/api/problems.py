@@ -118,6 +118,11 @@ def from_bad_text(exc: UnicodeDecodeError) -> ProblemDetailsException:
     return problem(status=400, code="malformed_request", detail="the body is not valid JSON: a string is not UTF-8")
 
 
+def from_deep_json(exc: RecursionError) -> ProblemDetailsException:
+    """msgspec raises ``RecursionError`` for JSON nested deeper than it recurses: the caller's mistake."""
+    return problem(status=400, code="malformed_request", detail="the body is not valid JSON: nested too deeply")
+
+
 def from_unexpected(exc: Exception) -> ProblemDetailsException:
     log.exception("http.unhandled_error", error_type=type(exc).__name__)
     return problem(status=500, code="internal_error", detail="internal error; the request id is in X-Request-ID")
@@ -129,6 +134,7 @@ def problem_details_plugin() -> ProblemDetailsPlugin:
         InferqError: from_domain,
         HTTPException: from_http,
         UnicodeDecodeError: from_bad_text,
+        RecursionError: from_deep_json,
         Exception: from_unexpected,
     }
     return ProblemDetailsPlugin(ProblemDetailsConfig(exception_to_problem_detail_map=mapping))

@@ -59,19 +59,27 @@ def completion_window_s(value: str | float | None, *, default_s: float, max_s: f
 class WebhookSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Where a job's events go and which ones: ``completed`` (any terminal event) by default."""
 
-    url: str
+    url: Annotated[str, msgspec.Meta(max_length=2048)]
     events: Annotated[tuple[EventFilter, ...], msgspec.Meta(min_length=1)] = ("completed",)
+
+
+CustomId = Annotated[str, msgspec.Meta(max_length=256)]
+# A few labels for the caller's bookkeeping: repeated in every view, listing, event and webhook body.
+Metadata = Annotated[
+    dict[Annotated[str, msgspec.Meta(min_length=1, max_length=64)], Annotated[str, msgspec.Meta(max_length=512)]],
+    msgspec.Meta(max_length=16),
+]
 
 
 class JobCreateBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """``POST /v1/jobs`` with rows inline: one model, its inputs, and optional per-row ``custom_ids``."""
 
-    model: str
+    model: Annotated[str, msgspec.Meta(max_length=256)]
     inputs: list[Any]
-    custom_ids: list[str] | None = None
+    custom_ids: list[CustomId | None] | None = None
     webhook: WebhookSpec | None = None
     completion_window: str | float | None = None
-    metadata: dict[str, str] | None = None
+    metadata: Metadata | None = None
 
 
 class JobCounts(msgspec.Struct, frozen=True, kw_only=True):

@@ -161,6 +161,9 @@ class JsonlParser(UploadParser):
                 if line.strip():
                     append(_jsonl_error(line, number=number, exc=exc))
                 continue
+            except RecursionError:
+                append(UploadRow(line=number, error="the line's JSON is nested too deeply"))
+                continue
             append(UploadRow(line=number, custom_id=item.custom_id, inputs=item.inputs))
         return rows
 

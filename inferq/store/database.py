@@ -10,7 +10,7 @@ from sqlalchemy import exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
-from inferq.errors import ServiceUnavailable
+from inferq.errors import InvalidInput, ServiceUnavailable
 
 _POSTGRES_SCHEMES = frozenset({"postgres", "postgresql", "postgresql+asyncpg"})
 # libpq's sslmode values that asyncpg's ``ssl`` argument understands under the same names.
@@ -84,9 +84,23 @@ def translate_errors() -> Iterator[None]:
     except exc.DBAPIError as error:
         if error.connection_invalidated or _is_unavailable(error.orig):
             raise ServiceUnavailable(f"database unavailable: {error.orig}", reason="disconnect") from error
+        if _sqlstate(error.orig) in _BAD_VALUE:  # a caller's string or number Postgres cannot hold
+            raise InvalidInput(
+                f"a value the database cannot store: {_BAD_VALUE[_sqlstate(error.orig) or '']}"
+            ) from error
         raise
     except (OSError, TimeoutError) as error:  # asyncpg's connect: refused, unresolvable, timed out
         raise ServiceUnavailable(f"database unreachable: {error or type(error).__name__}", reason="connect") from error
+
+
+# NUL in a string (22021), a character the encoding lacks (22P05), a number out of its column's range (22003).
+_BAD_VALUE = {"22021": "a NUL character", "22P05": "an untranslatable character", "22003": "a number out of range"}
+
+
+def _sqlstate(orig: BaseException | None) -> str | None:
+    cause = getattr(orig, "__cause__", None) or orig
+    sqlstate = getattr(cause, "sqlstate", None) or getattr(orig, "sqlstate", None)
+    return sqlstate if isinstance(sqlstate, str) else None
 
 
 def _is_unavailable(orig: BaseException | None) -> bool:

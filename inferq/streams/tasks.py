@@ -10,6 +10,7 @@ under ``INFERQ_KEY_PREFIX``; job ids carry a delivery id (unique per database) o
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterable
 from typing import Any
 
@@ -63,8 +64,11 @@ class TaskQueue:
             redis.connection_pool, job_serializer=serialize, job_deserializer=deserialize, default_queue_name=self.name
         )
 
-    async def deliver(self, delivery_id: str, *, attempt: int, defer_s: float = 0.0) -> bool:
-        """Schedule attempt ``attempt`` (from 1) of a delivery in ``defer_s`` seconds; False if already scheduled."""
+    async def deliver(self, delivery_id: str, *, attempt: int, defer_s: float = 0.0, replay: bool = False) -> bool:
+        """Schedule attempt ``attempt`` (from 1) of a delivery in ``defer_s`` seconds; False if already scheduled.
+
+        ``replay``: a caller's replay, scheduled even when a retry of the same attempt is already waiting
+        (whichever runs first makes the attempt; the deliverer skips the other)."""
         if attempt < 1:
             raise ValueError(f"attempts count from 1, not {attempt}")
         if defer_s < 0:
@@ -73,15 +77,15 @@ class TaskQueue:
             DELIVER,
             delivery_id,
             attempt=attempt,
-            _job_id=delivery_job(delivery_id, attempt),
+            _job_id=delivery_job(delivery_id, attempt) + (f":replay-{secrets.token_hex(4)}" if replay else ""),
             _defer_by=defer_s or None,
             _expires=defer_s + EXPIRY_MARGIN_S,
         )
         return job is not None
 
-    async def schedule(self, delivery_id: str, attempt: int) -> None:
+    async def schedule(self, delivery_id: str, attempt: int, replay: bool = False) -> None:
         """``deliver`` now, in the ``(delivery_id, attempt)`` callback form ``JobService`` and ``JobSink`` take."""
-        await self.deliver(delivery_id, attempt=attempt)
+        await self.deliver(delivery_id, attempt=attempt, replay=replay)
 
     async def deliver_new(self, events: Iterable[EventRecord]) -> int:
         """Schedule the first attempt of each delivery written with ``events``; how many were new."""

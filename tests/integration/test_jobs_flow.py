@@ -176,6 +176,13 @@ async def test_cancel_skips_queued_chunks(
         ({"model": "{m}", "inputs": [GOOD_ROW], "webhook": {"url": "http://169.254.169.254/"}}, 422,
          "unsafe_webhook_url"),
         ({"model": "{m}", "inputs": [GOOD_ROW], "surprise": 1}, 400, "malformed_request"),
+        ({"model": "{m}", "inputs": [GOOD_ROW], "webhook": {"url": "http://no-such-host.invalid/h"}}, 422,
+         "unsafe_webhook_url"),
+        ({"model": "{m}", "inputs": [GOOD_ROW], "custom_ids": ["x" * 257]}, 400, "malformed_request"),
+        ({"model": "{m}", "inputs": [GOOD_ROW], "custom_ids": ["nul\u0000id"]}, 422, "invalid_input"),
+        ({"model": "{m}", "inputs": [GOOD_ROW], "metadata": {"k": "v\u0000"}}, 422, "invalid_input"),
+        ({"model": "{m}", "inputs": [GOOD_ROW], "metadata": {f"k{i}": "v" for i in range(17)}}, 400,
+         "malformed_request"),
     ],
 )  # fmt: skip
 async def test_bad_submissions_are_problems_and_nothing_is_enqueued(
@@ -188,9 +195,18 @@ async def test_bad_submissions_are_problems_and_nothing_is_enqueued(
     assert (await api.client.get("/v1/jobs", params={"model": iris.model})).json()["data"] == []
 
 
+async def test_deep_json_is_a_400_on_the_hot_route_and_on_jobs(api: Api, iris: ModelVersion) -> None:
+    deep = b'{"inputs": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    for path in (f"/v1/models/{iris.key}/predict", "/v1/jobs"):
+        response = await api.client.post(path, content=deep, headers={"content-type": "application/json"})
+        assert (response.status_code, response.json()["code"]) == (400, "malformed_request"), path
+        assert "x-request-id" in response.headers
+
+
 async def test_other_job_routes_404_for_unknown_ids(api: Api) -> None:
-    for path in ("/v1/jobs/job_nope", "/v1/jobs/job_nope/results", "/v1/jobs/job_nope/results.jsonl",
-                 "/v1/jobs/job_nope/events", "/v1/jobs/job_nope/webhooks"):  # fmt: skip
+    unknown = ["/v1/jobs/job_%00", "/v1/jobs/job_" + "0" * 32, "/v1/jobs/job_nope"]
+    unknown += [f"/v1/jobs/job_nope/{tail}" for tail in ("results", "results.jsonl", "events", "webhooks")]
+    for path in unknown:
         response = await api.client.get(path)
         assert response.status_code == 404, path
     assert (await api.client.post("/v1/jobs/job_nope/cancel")).status_code == 404

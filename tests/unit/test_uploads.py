@@ -282,3 +282,13 @@ def test_check_rows_turns_rows_that_do_not_fit_the_model_into_errors() -> None:
     ]
     good = [rows[0], rows[2], rows[4]]
     assert check_rows(good, SIGNATURE, max_elements=3) == good
+
+
+def test_a_line_nested_too_deeply_is_a_line_error_not_a_failed_upload() -> None:
+    parser = upload_parser("jsonl", max_bytes=10**7)
+    deep = b'{"inputs": ' + b"[" * 5000 + b"]" * 5000 + b"}\n"
+    rows = parser.feed(deep + b'{"inputs": [1, 2]}\n') + parser.close()
+    assert rows == [
+        UploadRow(line=1, error="the line's JSON is nested too deeply"),
+        UploadRow(line=2, inputs=[1, 2]),
+    ]

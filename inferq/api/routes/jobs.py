@@ -18,7 +18,16 @@ from inferq.api.jobs import JobService, Submission, WebhookSecret, inline_rows, 
 from inferq.api.multipart import form_boundary, read_form
 from inferq.api.service import DEFAULT_TENANT
 from inferq.contracts.deliveries import DeliveryView
-from inferq.contracts.jobs import JobCreateBody, JobPage, JobStatus, JobView, ResultFilter, ResultPage, WebhookSpec
+from inferq.contracts.jobs import (
+    JobCreateBody,
+    JobPage,
+    JobStatus,
+    JobView,
+    Metadata,
+    ResultFilter,
+    ResultPage,
+    WebhookSpec,
+)
 from inferq.errors import MalformedRequest, PayloadTooLarge
 from inferq.inputs.uploads import upload_format
 
@@ -31,7 +40,7 @@ _DOC = (
 FORM_OVERHEAD = 1024 * 1024  # a multipart body may exceed the file limit by its fields and part headers
 _body = msgspec.json.Decoder(JobCreateBody)
 _webhook = msgspec.json.Decoder(WebhookSpec)
-_metadata = msgspec.json.Decoder(dict[str, str])
+_metadata = msgspec.json.Decoder(Metadata)
 _line = msgspec.json.Encoder()
 
 
@@ -50,22 +59,29 @@ async def submit_job(request: Request[Any, Any, Any], jobs: NamedDependency[JobS
     if content_type.startswith("multipart/"):
         submission = await _upload(request, jobs, key=key, correlation_id=correlation_id, limit=limit)
     else:
-        submission = await _inline(request, key=key, correlation_id=correlation_id, limit=limit)
+        submission = await _inline(
+            request, key=key, correlation_id=correlation_id, limit=min(limit, jobs.settings.max_inline_bytes)
+        )
     record, created = await jobs.submit(submission)
     headers = {"Location": f"/v1/jobs/{record.id}"}
     return Response(record.view(), status_code=202 if created else 200, headers=headers)
 
 
 async def _inline(request: Request[Any, Any, Any], *, key: str | None, correlation_id: str, limit: int) -> Submission:
-    body = b""
+    body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
-            raise _too_large(limit)
+            raise PayloadTooLarge(
+                f"an inline job body is limited to {limit} bytes: upload larger jobs as a JSONL or CSV file",
+                max_bytes=limit,
+            )
     try:
         data = _body.decode(body)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise MalformedRequest(f"the job body is not valid: {exc}") from None
+    except RecursionError:
+        raise MalformedRequest("the job body is nested too deeply") from None
     return Submission(
         tenant=DEFAULT_TENANT,
         model=data.model,
@@ -91,11 +107,10 @@ async def _upload(
     if "model" not in fields:
         raise MalformedRequest("the form has no `model` field (send it before the file)", field="model")
     fmt = upload_format(content_type=form.file.content_type, filename=form.file.filename)
-    chunks: AsyncIterator[bytes] = form.chunks
-    digest = None
-    if key is not None:
-        digest, chunks = await spooled(chunks, fields=fields)
     version = await jobs.resolve(fields["model"])
+    # NOTE: the file is read whole (memory, then disk) before the job's transaction opens: a slow client
+    # never holds a database connection, and the body's hash recognises a retried Idempotency-Key.
+    digest, chunks = await spooled(form.chunks, fields={**fields, "format": fmt})
     columns = version.signature.feature_names if fmt == "csv" else None
     rows = upload_rows(chunks, fmt=fmt, max_bytes=limit, max_rows=jobs.settings.max_job_rows, columns=columns)
     return Submission(
@@ -106,8 +121,9 @@ async def _upload(
         completion_window=fields.get("completion_window"),
         metadata=_decode_field(_metadata, fields, "metadata"),
         idempotency_key=key,
-        request_sha256=digest,
+        request_sha256=digest if key else None,
         correlation_id=correlation_id,
+        version=version,
     )
 
 
