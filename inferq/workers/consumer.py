@@ -60,6 +60,7 @@ class PartitionConsumer:
         self._carry: list[Item] = []  # read, not yet run; interactive first
         self._early: list[Outcome] = []  # decided at read time: undecodable, wrong partition
         self._unsettled: list[Outcome] = []  # answered, but the settle pipeline failed
+        self._persisting: asyncio.Task[None] | None = None  # job chunks being stored in Postgres, then acked
         self._fresh = False  # the carry was just topped up by the read behind the last settle
         self._backlogged = False  # the last read came back full: more is probably waiting
         self.draining = False  # the version left the selection: stop once both lanes are empty
@@ -77,21 +78,26 @@ class PartitionConsumer:
                 if self._unsettled:
                     await self._settle(self._unsettled, stop=None)
                 if not reading and not self._carry and not self._early:
+                    await self._persisted()
                     return
                 await self._fill(reading=reading)
                 if self._carry or self._early:
                     await self._process(stop)
                 elif self.draining and await self._empty():
+                    await self._persisted()
                     log.info("partition.drained", partition=self._part.key)
                     return
                 backoff.reset()
             except asyncio.CancelledError:
+                if self._persisting is not None:  # its entries stay pending: reclaimed and stored once
+                    self._persisting.cancel()
                 raise
             except Exception as exc:
                 if isinstance(exc, ResponseError) and is_nogroup(exc):
                     groups_ready = False  # Redis lost the stream or group (restarted without data)
                 if stop.is_set():  # what is left pending is reclaimed by another worker
                     log.warning("partition.abandoned", partition=self._part.key, error=str(exc))
+                    await self._persisted()
                     return
                 delay = backoff.next()
                 log.warning("partition.retry", partition=self._part.key, error=str(exc), backoff_s=round(delay, 3))
@@ -198,8 +204,16 @@ class PartitionConsumer:
         return keep
 
     async def _settle(self, outcomes: list[Outcome], *, stop: asyncio.Event | None) -> None:
-        """One round trip: the results, the acks, and (unless stopping) the next non-blocking read."""
-        outcomes = await self._publisher.prepare(outcomes)
+        """One round trip: the results, the acks, and (unless stopping) the next non-blocking read.
+
+        Job chunks are stored in Postgres and acked by a task of their own, so that the database's round
+        trips never hold up the interactive requests read next (one chunk is being stored at a time).
+        """
+        chunks = [o for o in outcomes if o.job is not None]
+        if chunks:
+            outcomes = [o for o in outcomes if o.job is None]
+            await self._persisted()
+            self._persisting = asyncio.create_task(self._store_chunks(chunks))
         room, bulk = self._room()
         # NOTE: decided now, not before the run: a stop that came while the batch ran means no more reads.
         # Only under a backlog: at low load the read would come back empty and delay the next blocking one.
@@ -217,6 +231,18 @@ class PartitionConsumer:
             )
             self._accept(entries)
             self._fresh = True
+
+    async def _store_chunks(self, chunks: list[Outcome]) -> None:
+        try:
+            await self._publisher.settle(self._part, chunks, consumer=self._consumer)
+        except Exception as exc:  # left pending: reclaimed, run again, and stored once (a rerun changes nothing)
+            log.warning("job.chunks_unsettled", partition=self._part.key, error=str(exc))
+
+    async def _persisted(self) -> None:
+        """Wait for the job chunks being stored, if any."""
+        if self._persisting is not None:
+            task, self._persisting = self._persisting, None
+            await task
 
     async def _empty(self) -> bool:
         pipe = self._redis.pipeline(transaction=False)
