@@ -184,7 +184,7 @@ def latency(base: str, upload: Path, url: str, body: str, seconds: float) -> Non
         f"alone : {alone.rps:,.0f} req/s, p50 {alone.p50_ms:.2f} ms, p99 {alone.p99_ms:.2f} ms, errors {alone.errors}"
     )
     print(f"during: {during.rps:,.0f} req/s, p50 {during.p50_ms:.2f} ms, p99 {during.p99_ms:.2f} ms, "
-          f"errors {during.errors} (last job {last['status']} at the end, progress {last['progress']:.2f})")  # fmt: skip
+          f"errors {during.errors} (last job {last['status']} at the end, {last['progress']:.0%} done)")  # fmt: skip
     print(f"p99 during / alone = {during.p99_ms / alone.p99_ms:.2f}x (target ≤ 2x)")
 
 
