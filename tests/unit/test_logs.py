@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Iterator
 
 import pytest
 import structlog
@@ -10,8 +12,22 @@ import structlog
 from inferq.observability.logs import configure_logging
 
 
-def test_tracebacks_carry_no_local_variables(capfd: pytest.CaptureFixture[str]) -> None:
+@pytest.fixture
+def configured(capfd: pytest.CaptureFixture[str]) -> Iterator[None]:
+    """``configure_logging`` for one test; the process's logging as it was afterwards (the stream it binds
+    is this test's captured stderr, closed once the test ends)."""
+    config, root = structlog.get_config(), logging.getLogger()
+    handlers, level = list(root.handlers), root.level
     configure_logging("info")
+    try:
+        yield
+    finally:
+        structlog.configure(**config)
+        root.handlers[:], root.level = handlers, level
+
+
+@pytest.mark.usefixtures("configured")
+def test_tracebacks_carry_no_local_variables(capfd: pytest.CaptureFixture[str]) -> None:
 
     def connect() -> None:
         url = "postgresql://inferq:S3cretPassw0rd@db/inferq"  # noqa: F841 - the local a traceback must not show
