@@ -232,9 +232,14 @@ async def test_crash_between_chunk_commit_and_xack_changes_nothing(stack: Stack)
                 await redis.client_unpause()
             paused_s = time.monotonic() - paused_at
 
-            # The window: results committed, entry not acknowledged, when the worker died.
+            # The window: results committed, entry not acknowledged, when the worker died. (The worker may also
+            # hold the next chunk, read while this one was being stored: pending too, but not done.)
             assert chunks[seq].status == "done"
-            assert pending == {chunks[seq].entry_id: (f"{HOST}:{child}", 1)}
+            assert pending[chunks[seq].entry_id or ""] == (f"{HOST}:{child}", 1)
+            by_entry = {c.entry_id: c for c in chunks.values()}
+            others = [by_entry[e] for e in pending if e != chunks[seq].entry_id]
+            assert len(others) <= 1
+            assert all(c.status == "queued" for c in others)
             await hold.remove()
 
             final, took = await wait_terminal(http, job_id, 60)
@@ -262,7 +267,14 @@ async def test_crash_between_chunk_commit_and_xack_changes_nothing(stack: Stack)
     assert [(c.seq, c.status) for c in chunk_rows] == [(s, "done") for s in range(chunks_total)]
     runs = runs_by_chunk(stack, job_id)
     assert sorted(runs) == list(range(chunks_total))
-    assert {s: len(r) for s, r in runs.items()} == {s: 2 if s == seq else 1 for s in range(chunks_total)}
+    twice = {s for s, r in runs.items() if len(r) == 2}
+    # the committed chunk ran again; so did, at most, the one chunk the worker held beside it (read while
+    # the committed one was being stored); every other chunk ran once
+    assert seq in twice
+    assert len(twice - {seq}) <= 1
+    assert {s: len(r) for s, r in runs.items() if s not in twice} == {
+        s: 1 for s in range(chunks_total) if s not in twice
+    }
     first, second = runs[seq]
     assert (first["pid"], first["delivery"]) == (child, 1)
     assert second["pid"] != child
