@@ -178,9 +178,23 @@ class TaskRunner:
             self._worker = None
             try:
                 await worker.close()
+            except asyncio.CancelledError:
+                # NOTE: arq cancels a job still running when Redis went away, and ``close`` re-raises that
+                # job's CancelledError: not ours (unless this task is being cancelled), so serve again.
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise
+                await _close_quietly(options, worker, queue)
             except (RedisError, *UNAVAILABLE):  # arq gave up before its on_shutdown: close ours and its pool
-                await options["on_shutdown"](worker.ctx)
-                await queue.arq.aclose(close_connection_pool=True)
+                await _close_quietly(options, worker, queue)
+
+
+async def _close_quietly(options: dict[str, Any], worker: Worker, queue: TaskQueue) -> None:
+    """Our on_shutdown and the pool, after arq's own close failed half-way (Redis gone)."""
+    with contextlib.suppress(RedisError, *UNAVAILABLE):
+        await options["on_shutdown"](worker.ctx)
+    with contextlib.suppress(RedisError, *UNAVAILABLE):
+        await queue.arq.aclose(close_connection_pool=True)
 
 
 async def run_tasks(settings: Settings) -> int:
