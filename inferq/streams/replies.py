@@ -7,7 +7,6 @@ the result key once before answering 202.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 
 import redis.asyncio as aioredis
@@ -41,8 +40,12 @@ class ReplyListener:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await self._task
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():  # we are cancelled too: do not swallow it
+                    raise
         for future in self._waiters.values():
             future.cancel()
         self._waiters.clear()

@@ -154,8 +154,14 @@ class Executor:
             yield
         finally:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await task
+            except asyncio.CancelledError:
+                # NOTE: only the heartbeat's own cancellation is expected here; if this task is being
+                # cancelled too (a stop that timed out), it must not be swallowed (that hung shutdowns).
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise
 
     async def _beat(self, entries: list[Entry]) -> None:
         """Reset the entries' idle time every ``heartbeat_ms``, so the reclaimer leaves a long run alone."""

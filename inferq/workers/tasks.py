@@ -84,8 +84,12 @@ class Lifecycle:
         ticker: asyncio.Task[None] | None = ctx.pop("ticker", None)
         if ticker is not None:
             ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await ticker
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():  # we are cancelled too: do not swallow it
+                    raise
         if "engine" not in ctx:  # never started, or already stopped
             return
         await ctx.pop("client").aclose()
