@@ -111,7 +111,10 @@ async def test_redis_paused_under_load_gives_fast_503s_then_recovers(stack: Stac
     await stack.api_ready(api)
     await stack.worker_ready(worker, version)
     predict = f"/v1/models/{version.model}/predict"
-    pause_s, clients = 5.0, 8
+    # NOTE: 10 s: a caller held when Redis stops can take wait (2 s) + the late-result read and the placeholder
+    # write (each bounded at 2 x socket timeout + 0.5 s) before its loop starts a new call, which must still
+    # fall early enough in the pause to have had its own bound run out before SIGCONT.
+    pause_s, clients = 10.0, 8
     calls: list[Call] = []
     stop = asyncio.Event()
 
