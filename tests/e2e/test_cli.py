@@ -16,6 +16,8 @@ import pytest
 from inferq.cli.demo import build
 from inferq.settings import Settings
 
+from .ports import free_port
+
 WINE_RECORD = {
     "alcohol": 13.2, "malic_acid": 1.78, "ash": 2.14, "alcalinity_of_ash": 11.2, "magnesium": 100.0,
     "total_phenols": 2.65, "flavanoids": 2.76, "nonflavanoid_phenols": 0.26, "proanthocyanins": 1.28,
@@ -200,14 +202,6 @@ def fresh_env(tmp_path: Path) -> dict[str, str]:
         INFERQ_PORT=str(free_port()),
     )
     return env
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_dev_on_a_fresh_machine_with_embedded_services(tmp_path: Path) -> None:

@@ -6,7 +6,6 @@ import contextlib
 import json
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -23,12 +22,7 @@ from inferq.store.database import create_engine, create_sessionmaker
 from inferq.store.migrate import upgrade
 from inferq.store.registry import Registry
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
+from .ports import free_port
 
 
 @pytest.fixture
@@ -70,7 +64,7 @@ def run(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[
 
 
 def test_submit_a_file_and_wait_for_the_job(settings: Settings, model: str, tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("INFERQ_")}
     env.update(
         INFERQ_DATABASE_URL=settings.services.database_url or "",

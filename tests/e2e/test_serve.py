@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -22,17 +21,12 @@ from inferq.store.database import create_engine, create_sessionmaker
 from inferq.store.migrate import upgrade
 from inferq.store.registry import Registry
 
+from .ports import free_port
+
 SIGNATURE = ModelSignature(
     inputs=(TensorSpec(name="X", dtype="float32", shape=(None, 2)),),
     outputs=(TensorSpec(name="y", dtype="float32", shape=(None,)),),
 )
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 @pytest.fixture
@@ -40,7 +34,7 @@ async def served_model(settings: Settings) -> str:
     assert settings.services.database_url
     await upgrade(settings.services.database_url)
     engine = create_engine(settings.services.database_url)
-    name = f"serve-{os.getpid()}-{_free_port()}"
+    name = f"serve-{os.getpid()}-{free_port()}"
     try:
         await Registry(create_sessionmaker(engine)).register(name=name, model=b"m", signature=SIGNATURE)
     finally:
@@ -52,7 +46,7 @@ async def served_model(settings: Settings) -> str:
 async def test_sigterm_answers_held_callers_with_202_then_exits(
     settings: Settings, redis_client: aioredis.Redis, served_model: str, workers: int, tmp_path: Path
 ) -> None:
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("INFERQ_")}
     env.update(
         INFERQ_DATABASE_URL=settings.services.database_url or "",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -25,17 +24,12 @@ from inferq.store.database import create_engine, create_sessionmaker
 from inferq.store.migrate import upgrade
 from inferq.store.registry import Registry
 
+from .ports import free_port
+
 httpclient = pytest.importorskip("tritonclient.http")
 triton_utils = pytest.importorskip("tritonclient.utils")
 
 ROWS = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]], dtype=np.float32)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def string_label_iris() -> bytes:
@@ -73,7 +67,7 @@ async def stack(settings: Settings, tmp_path: Path) -> AsyncIterator[Stack]:
         INFERQ_REDIS_URL=settings.services.redis_url or "",
         INFERQ_KEY_PREFIX=settings.services.key_prefix,
     )
-    port = _free_port()
+    port = free_port()
     commands = {
         "serve": [sys.executable, "-m", "inferq", "serve", "--port", str(port)],
         "worker": [sys.executable, "-m", "inferq", "worker", "--models", f"{name}@1,{name}@2"],
