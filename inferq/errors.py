@@ -19,7 +19,8 @@
     ├── InferenceFailed              inference_failed
     ├── Overloaded                   overloaded           yes
     ├── DeadlineExceeded             deadline_exceeded
-    └── ServiceUnavailable           service_unavailable  yes
+    ├── ServiceUnavailable           service_unavailable  yes
+    └── UnsafeService                unsafe_service
 
 The mapping to HTTP statuses lives in one place in ``inferq.api``; errors cross process and stream
 boundaries as ``contracts.ErrorInfo`` data, never as pickled exceptions.
@@ -144,6 +145,13 @@ class ServiceUnavailable(InferqError):
 
     code = "service_unavailable"
     retryable = True
+
+
+class UnsafeService(InferqError):
+    """A backing service is configured so that a guarantee cannot hold (a Redis that evicts keys):
+    processes refuse to start on it rather than lose accepted work later."""
+
+    code = "unsafe_service"
 
 
 def error_class(code: str) -> type[InferqError]:

@@ -108,6 +108,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8000
     log_level: str = "info"
     webhook_allow_private: bool = False
+    dev: bool = False  # development (`inferq dev` sets it): production-only warnings stay quiet
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

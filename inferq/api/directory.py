@@ -1,12 +1,15 @@
 """Models as the API lists them: the catalog's versions and aliases, plus readiness from Redis.
 
 A version is ready while its partition's alive key exists (a worker consumes it). Readiness is read
-in one pipelined round trip; when Redis cannot be read, every version reads as not ready.
+in one pipelined round trip; when Redis cannot be read, every version reads as not ready. The backlog
+of every version (``GET /health/backlog``, the stream gauges) is read the same way, at most once a
+second per process however often it is asked for.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 
 import redis.asyncio as aioredis
 import structlog
@@ -15,10 +18,14 @@ from inferq.api.catalog import ModelCatalog
 from inferq.contracts.http import AliasView, ModelList, ModelView, VersionView
 from inferq.contracts.models import DEFAULT_ALIAS, ModelInfo, ModelRef
 from inferq.contracts.names import Names
-from inferq.errors import InvalidInput, ModelNotFound
+from inferq.errors import InvalidInput, ModelNotFound, ServiceUnavailable
+from inferq.streams.backlog import Backlog, read_backlog
 from inferq.streams.connection import UNAVAILABLE
+from inferq.streams.partition import Partition
 
 log = structlog.get_logger(__name__)
+
+BACKLOG_MAX_AGE_S = 1.0
 
 
 class ModelDirectory:
@@ -29,6 +36,7 @@ class ModelDirectory:
         self._redis = redis
         self._names = names
         self._timeout_s = timeout_s
+        self._backlog: tuple[float, Backlog] | None = None
 
     async def list_models(self) -> ModelList:
         infos = self._catalog.models()
@@ -57,6 +65,23 @@ class ModelDirectory:
             log.warning("models.readiness_unknown", error=str(exc) or type(exc).__name__)
             return set()
         return {key for key, exists in zip(keys, found, strict=True) if exists}
+
+    async def backlog(self) -> Backlog:
+        """Every version's backlog (``ServiceUnavailable`` when Redis cannot be read in time)."""
+        now = time.monotonic()
+        if self._backlog is not None and now - self._backlog[0] < BACKLOG_MAX_AGE_S:
+            return self._backlog[1]
+        parts = [
+            Partition.of(self._names, model=info.name, version=v.version)
+            for info in self._catalog.models()
+            for v in info.versions
+        ]
+        try:
+            backlog = await asyncio.wait_for(read_backlog(self._redis, parts), timeout=self._timeout_s)
+        except (TimeoutError, *UNAVAILABLE) as exc:
+            raise ServiceUnavailable(f"redis is unavailable: {str(exc) or type(exc).__name__}") from exc
+        self._backlog = (now, backlog)
+        return backlog
 
 
 def _view(info: ModelInfo, ready: set[tuple[str, int]]) -> ModelView:

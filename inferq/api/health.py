@@ -1,4 +1,6 @@
-"""Readiness: Redis answers PING and Postgres answers SELECT 1, each within a short timeout."""
+"""Readiness: Redis answers ``INFO`` with a safe configuration and Postgres answers SELECT 1, each
+within a short timeout. Redis's eviction policy is checked on every probe, not only at startup: a
+``CONFIG SET maxmemory-policy allkeys-lru`` at run time takes the process out of rotation at once."""
 
 from __future__ import annotations
 
@@ -10,6 +12,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from inferq.contracts.http import HealthReport
+from inferq.errors import UnsafeService
+from inferq.streams.durability import read_facts
 
 
 class HealthChecks:
@@ -22,7 +26,7 @@ class HealthChecks:
 
     async def ready(self) -> HealthReport:
         """``ok`` when both answer in time; otherwise ``unavailable`` with what failed."""
-        redis, postgres = await asyncio.gather(self._check(self._ping_redis()), self._check(self._select_one()))
+        redis, postgres = await asyncio.gather(self._check(self._check_redis()), self._check(self._select_one()))
         checks = {"redis": redis, "postgres": postgres}
         return HealthReport(status="ok" if all(v == "ok" for v in checks.values()) else "unavailable", checks=checks)
 
@@ -32,11 +36,13 @@ class HealthChecks:
         except TimeoutError:
             return f"no answer within {self._timeout_s:g}s"
         except Exception as exc:  # any failure is "not ready"; the reason is reported, not raised
-            return f"{type(exc).__name__}: {exc}"[:200]
+            return f"{type(exc).__name__}: {exc}"[:400]
         return "ok"
 
-    async def _ping_redis(self) -> None:
-        await self._redis.ping()
+    async def _check_redis(self) -> None:
+        refusals = (await read_facts(self._redis)).refusals()
+        if refusals:
+            raise UnsafeService("; ".join(refusals))
 
     async def _select_one(self) -> None:
         async with self._engine.connect() as conn:

@@ -1,7 +1,11 @@
-"""Prometheus metrics of one API app: requests by route and status, predictions by outcome.
+"""Prometheus metrics of one API app: requests by route and status, predictions by outcome, and the
+state of every partition's streams.
 
 Each app gets its own registry (tests count exactly). With ``PROMETHEUS_MULTIPROC_DIR`` set before
 prometheus-client is imported, values live in that directory and ``render`` sums every process's.
+The stream gauges are not process state: they are a reading of Redis taken for each scrape
+(``ModelDirectory.backlog``), rendered from a registry of their own, so a partition that went away
+leaves no stale series behind.
 """
 
 from __future__ import annotations
@@ -10,6 +14,8 @@ import os
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from inferq.streams.backlog import Backlog
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -69,11 +75,56 @@ class Metrics:
             child = self._predictions[key] = self.predictions.labels(model, str(version), outcome)
         child.inc()
 
-    def render(self) -> bytes:
-        """The exposition text: every process's values in multiprocess mode, else this app's."""
+    def render(self, backlog: Backlog | None = None) -> bytes:
+        """The exposition text: every process's values in multiprocess mode, else this app's; then the
+        stream gauges of ``backlog`` (none when Redis could not be read)."""
         directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        registry = self.registry
         if directory:
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
-            return generate_latest(registry)
-        return generate_latest(self.registry)
+        text = generate_latest(registry)
+        return text if backlog is None else text + generate_latest(_stream_gauges(backlog))
+
+
+def _stream_gauges(backlog: Backlog) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=True)
+    lane_labels = ["partition", "lane"]
+    waiting = Gauge(
+        "inferq_stream_backlog",
+        "Entries not yet delivered to any worker, by partition (model@version) and lane.",
+        lane_labels,
+        registry=registry,
+    )
+    pending = Gauge(
+        "inferq_stream_pending",
+        "Entries delivered to a worker and not yet acknowledged (running, or held by a dead worker until reclaimed).",
+        lane_labels,
+        registry=registry,
+    )
+    oldest = Gauge(
+        "inferq_stream_oldest_age_seconds",
+        "Age of the oldest unfinished entry (0 when the lane is empty).",
+        lane_labels,
+        registry=registry,
+    )
+    consumers = Gauge(
+        "inferq_stream_consumers",
+        "Workers consuming the partition now (heard from within 10 s). Backlog with 0 here = no capacity.",
+        ["partition"],
+        registry=registry,
+    )
+    dead = Gauge(
+        "inferq_stream_dead_letters",
+        "Entries in the partition's dead-letter stream.",
+        ["partition"],
+        registry=registry,
+    )
+    for part in backlog.partitions:
+        consumers.labels(part.partition).set(part.consumers)
+        dead.labels(part.partition).set(part.dead_letters)
+        for lane in part.lanes:
+            waiting.labels(part.partition, lane.lane).set(lane.backlog)
+            pending.labels(part.partition, lane.lane).set(lane.pending)
+            oldest.labels(part.partition, lane.lane).set(lane.oldest_age_s)
+    return registry

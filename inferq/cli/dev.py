@@ -97,6 +97,7 @@ def _child_env(rt: Runtime) -> dict[str, str]:
     env["INFERQ_DATABASE_URL"] = rt.services.database_url or ""
     env.setdefault("INFERQ_PRODUCERS", "demo=default")
     env.setdefault("INFERQ_WEBHOOK_ALLOW_PRIVATE", "true")
+    env.setdefault("INFERQ_DEV", "true")
     return env
 
 

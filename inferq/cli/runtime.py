@@ -16,6 +16,8 @@ from inferq.store import migrate as schema
 from inferq.store.artifacts import LocalArtifactCache
 from inferq.store.database import async_url, create_engine, create_sessionmaker
 from inferq.store.registry import Registry
+from inferq.streams.connection import connect
+from inferq.streams.durability import check_redis
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,16 @@ async def opened(settings: Settings, *, redis: bool = False) -> AsyncIterator[Ru
             )
         finally:
             await engine.dispose()
+
+
+async def require_safe_redis(settings: Settings, services: ServiceSettings, *, embedded: bool) -> None:
+    """Refuse to run on a Redis that would break the guarantees (``UnsafeService``); warn, outside
+    development, about one that weakens them. An embedded Redis is a development one."""
+    redis = connect(services)
+    try:
+        await check_redis(redis, dev=settings.dev or embedded)
+    finally:
+        await redis.aclose()
 
 
 async def migrate(settings: Settings) -> int:

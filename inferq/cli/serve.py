@@ -33,10 +33,10 @@ from uvicorn.config import STARTUP_FAILURE
 
 from inferq.api import FastPredict, begin_drain, create_app
 from inferq.api.protocol import CorkedHttpToolsProtocol
-from inferq.cli.runtime import prepare_database
+from inferq.cli.runtime import prepare_database, require_safe_redis
 from inferq.embedded import started_services
 from inferq.observability.logs import configure_logging
-from inferq.settings import Settings
+from inferq.settings import ServiceSettings, Settings
 
 log = structlog.get_logger("inferq.serve")
 _METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR"
@@ -89,11 +89,16 @@ def run_serve(settings: Settings, *, host: str | None, port: int | None, process
     host, port = host or settings.host, port or settings.port
     embedded_db = settings.services.database_url is None
     with started_services(settings.services, redis=True) as services:
-        asyncio.run(prepare_database(services.database_url, embedded=embedded_db))
+        asyncio.run(_prepare(settings, services, embedded_db=embedded_db))
         resolved = msgspec.structs.replace(settings, services=services)
         if processes <= 1:
             return serve(resolved, host=host, port=port)
         return supervise(resolved, host=host, port=port, processes=processes)
+
+
+async def _prepare(settings: Settings, services: ServiceSettings, *, embedded_db: bool) -> None:
+    await prepare_database(services.database_url, embedded=embedded_db)
+    await require_safe_redis(settings, services, embedded=settings.services.redis_url is None)
 
 
 def serve(settings: Settings, *, host: str, port: int, sockets: list[socket.socket] | None = None) -> int:

@@ -6,7 +6,7 @@ import msgspec
 from sqlalchemy.exc import IntegrityError
 
 from inferq.cli.output import emit, say
-from inferq.cli.runtime import opened
+from inferq.cli.runtime import opened, require_safe_redis
 from inferq.errors import InvalidInput
 from inferq.observability.logs import configure_logging
 from inferq.settings import Settings
@@ -21,6 +21,7 @@ async def run_tasks_command(settings: Settings) -> int:
 
     configure_logging(settings.log_level)
     async with opened(settings, redis=True) as rt:
+        await require_safe_redis(settings, rt.services, embedded=settings.services.redis_url is None)
         say(f"inferq tasks: queue {queue_name(settings.services.key_prefix)} on redis {rt.services.redis_url}")
         return await run_tasks(msgspec.structs.replace(settings, services=rt.services))
 

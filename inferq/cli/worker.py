@@ -20,7 +20,7 @@ from collections.abc import Callable, Coroutine, Iterator, Sequence
 from typing import Any
 
 from inferq.cli.output import fail, say
-from inferq.cli.runtime import opened
+from inferq.cli.runtime import opened, require_safe_redis
 from inferq.errors import InferqError, InvalidInput
 from inferq.observability.logs import configure_logging
 from inferq.settings import ServiceSettings, Settings
@@ -38,6 +38,7 @@ async def run_worker(settings: Settings, *, all_models: bool, models: list[str] 
     if processes < 1:
         raise InvalidInput(f"--processes must be at least 1, got {processes}", field="processes")
     async with opened(settings, redis=True) as rt:
+        await require_safe_redis(settings, rt.services, embedded=settings.services.redis_url is None)
         _, missing = selection.pick(await rt.registry.list_models())
         if missing:  # a typo would otherwise be a child exiting 2, restarted forever
             raise InvalidInput(f"no such model version to serve: {', '.join(missing)}", models=missing)

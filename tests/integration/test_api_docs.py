@@ -21,6 +21,7 @@ ROUTES = {
     "/v1/models/{model}": "get",
     "/health/live": "get",
     "/health/ready": "get",
+    "/health/backlog": "get",
     "/v2": "get",
     "/v2/health/live": "get",
     "/v2/health/ready": "get",

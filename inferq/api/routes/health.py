@@ -1,4 +1,5 @@
-"""``GET /health/live``, ``GET /health/ready`` (Redis and Postgres reachable) and ``GET /metrics``."""
+"""``GET /health/live``, ``GET /health/ready`` (Redis and Postgres reachable, Redis safe to use),
+``GET /health/backlog`` (what KEDA scales workers on) and ``GET /metrics``."""
 
 from __future__ import annotations
 
@@ -6,9 +7,12 @@ from litestar import get
 from litestar.di import NamedDependency
 from litestar.response import Response
 
+from inferq.api.directory import ModelDirectory
 from inferq.api.health import HealthChecks
 from inferq.api.metrics import CONTENT_TYPE, Metrics
 from inferq.contracts.http import HealthReport
+from inferq.errors import InferqError
+from inferq.streams.backlog import Backlog
 
 
 @get("/health/live", summary="The process is up", tags=["health"])
@@ -22,6 +26,21 @@ async def health_ready(health: NamedDependency[HealthChecks]) -> Response[Health
     return Response(report, status_code=200 if report.status == "ok" else 503)
 
 
+@get(
+    "/health/backlog",
+    summary="Work waiting in every partition: undelivered + pending entries (503 when Redis cannot be read)",
+    description="`total` is the sum of `backlog` and `pending` over every partition: the value KEDA's "
+    "metrics-api scaler reads (`valueLocation: total`) to scale the `worker --all` pool. Cached for 1 s.",
+    tags=["health"],
+)
+async def health_backlog(models: NamedDependency[ModelDirectory]) -> Backlog:
+    return await models.backlog()
+
+
 @get("/metrics", summary="Prometheus metrics", tags=["health"], include_in_schema=False)
-async def metrics_text(metrics: NamedDependency[Metrics]) -> Response[bytes]:
-    return Response(metrics.render(), media_type=CONTENT_TYPE)
+async def metrics_text(metrics: NamedDependency[Metrics], models: NamedDependency[ModelDirectory]) -> Response[bytes]:
+    try:
+        backlog: Backlog | None = await models.backlog()
+    except InferqError:  # Redis down or the catalog not loaded yet: the process's own metrics still render
+        backlog = None
+    return Response(metrics.render(backlog), media_type=CONTENT_TYPE)
