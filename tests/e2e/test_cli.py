@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from inferq.cli.demo import build
+from inferq.embedded import EmbeddedRedis
 from inferq.settings import Settings
 
 from .ports import free_port
@@ -249,3 +251,16 @@ def test_model_over_the_size_cap_is_not_registered(cli_env: dict[str, str], name
     assert (proc.returncode, error_of(proc)["code"]) == (2, "invalid_model")
     assert "over the limit of 100" in error_of(proc)["message"]
     assert error_of(inferq("models", "show", name, env=cli_env, check=False))["code"] == "model_not_found"
+
+
+@pytest.mark.parametrize("command", [["serve", "--port", "0"], ["worker", "--all"], ["tasks"]])
+def test_an_evicting_redis_is_refused_at_startup_naming_the_setting(
+    cli_env: dict[str, str], tmp_path: Path, command: list[str]
+) -> None:
+    with EmbeddedRedis(tmp_path / "redis") as evicting:
+        redis.Redis.from_url(evicting.url).config_set("maxmemory-policy", "allkeys-lru")
+        proc = inferq(*command, env={**cli_env, "INFERQ_REDIS_URL": evicting.url}, check=False)
+    assert proc.returncode == 2, proc.stderr
+    error = error_of(proc)
+    assert error["code"] == "unsafe_service"
+    assert "maxmemory-policy is allkeys-lru" in error["message"]
