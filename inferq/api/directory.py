@@ -13,6 +13,7 @@ import time
 
 import redis.asyncio as aioredis
 import structlog
+from redis.exceptions import ResponseError
 
 from inferq.api.catalog import ModelCatalog
 from inferq.contracts.http import AliasView, ModelList, ModelView, VersionView
@@ -80,6 +81,8 @@ class ModelDirectory:
             backlog = await asyncio.wait_for(read_backlog(self._redis, parts), timeout=self._timeout_s)
         except (TimeoutError, *UNAVAILABLE) as exc:
             raise ServiceUnavailable(f"redis is unavailable: {str(exc) or type(exc).__name__}") from exc
+        except ResponseError as exc:  # e.g. NOPERM: an ACL without what the backlog reads (docs/redis.md)
+            raise ServiceUnavailable(f"redis refused to report the backlog: {exc}") from exc
         self._backlog = (now, backlog)
         return backlog
 

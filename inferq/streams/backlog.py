@@ -15,6 +15,7 @@ from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
 from inferq.contracts.messages import Lane
 from inferq.streams.partition import Partition
@@ -52,7 +53,8 @@ class Backlog(msgspec.Struct, frozen=True, kw_only=True):
 
 
 async def read_backlog(redis: aioredis.Redis, parts: Sequence[Partition]) -> Backlog:
-    """The backlog of ``parts`` in one round trip (a missing stream reads as empty)."""
+    """The backlog of ``parts`` in one round trip (a missing stream reads as empty; a refused command
+    raises its ``ResponseError``: a wrong zero would tell KEDA there is nothing to do)."""
     pipe = redis.pipeline(transaction=False)
     pipe.time()
     for part in parts:
@@ -64,6 +66,9 @@ async def read_backlog(redis: aioredis.Redis, parts: Sequence[Partition]) -> Bac
         pipe.hgetall(f"{part.rate_key}:workers")
         pipe.xlen(part.dlq)
     replies = await pipe.execute(raise_on_error=False)
+    for reply in replies:  # a stream that does not exist yet is empty; any other error (NOPERM…) is one
+        if isinstance(reply, ResponseError) and not str(reply).startswith("no such key"):
+            raise reply
     seconds, micros = replies[0]
     now_ms = int(seconds) * 1000 + int(micros) // 1000
     found = []

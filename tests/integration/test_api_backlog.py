@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import re
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 from apikit import closed_port, register_model, running, tuned
 
 from inferq.contracts.names import Names
+from inferq.embedded import EmbeddedRedis
 from inferq.settings import Settings
 from inferq.store.registry import Registry
 from inferq.streams.consumer import ensure_groups
@@ -97,3 +99,21 @@ async def test_backlog_is_a_503_and_metrics_still_render_when_redis_is_down(
     assert metrics.status_code == 200
     assert "inferq_stream_backlog" not in metrics.text
     assert "inferq_api_requests_total" in metrics.text
+
+
+async def test_a_refused_read_is_a_503_never_a_wrong_zero(
+    settings: Settings, registry: Registry, model_name: str, tmp_path: Path
+) -> None:
+    await register_model(registry, model_name)
+    with EmbeddedRedis(tmp_path / "redis") as own:
+        admin = aioredis.Redis.from_url(own.url)
+        # Everything but XRANGE (the oldest entry's age): an ACL that forgot one command.
+        await admin.acl_setuser("partial", enabled=True, nopass=True, commands=["+@all", "-xrange"], keys=["*"],
+                                channels=["*"])  # fmt: skip
+        await admin.aclose()
+        partial = tuned(settings, services__redis_url=f"redis://partial@127.0.0.1:{own.port}/0")
+        async with running(partial) as api:
+            await api.client.post(f"/v1/models/{model_name}@1/predict", json={"inputs": [ROW]}, headers=ASYNC)
+            backlog = await api.client.get("/health/backlog")
+    assert backlog.status_code == 503, backlog.text
+    assert "NOPERM" in backlog.json()["detail"] or "permission" in backlog.json()["detail"]
