@@ -61,6 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--webhook", help="URL to notify when the job ends (signed, retried)")
     submit.add_argument("--completion-window", help="the job's deadline: seconds or 30m / 24h / 7d")
 
+    redis = commands.add_parser("redis", help="Redis configuration").add_subparsers(
+        dest="redis_command", required=True, metavar="SUBCOMMAND"
+    )
+    acl = redis.add_parser("acl", help="render the ACL file: one Redis user per role (docs/redis.md)")
+    acl.add_argument("--producers", help="comma-separated direct producers (default: those of INFERQ_PRODUCERS)")
+    acl.add_argument("--template", help="the template (default: ops/redis/users.acl.template)")
+    acl.add_argument("--out", help="write here (mode 0600) instead of stdout")
+
     dev = commands.add_parser("dev", help="run the whole system locally with demo models")
     dev.add_argument("--exit", action="store_true", help="set everything up, print the tour, then exit")
 
@@ -130,6 +138,18 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         from inferq.cli.tasks import print_secret
 
         return await print_secret(settings, tenant=args.tenant, rotate=args.rotate)
+    if args.command == "redis":
+        from pathlib import Path
+
+        from inferq.cli.redis import render_acl
+
+        producers = None if args.producers is None else [p for p in args.producers.split(",") if p.strip()]
+        return render_acl(
+            settings,
+            producers=producers,
+            template=Path(args.template) if args.template else None,
+            out=Path(args.out) if args.out else None,
+        )
     if args.command == "jobs":
         from pathlib import Path
 
