@@ -11,6 +11,7 @@ import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
@@ -130,6 +131,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             return msgspec.convert({**top, **sections}, cls, strict=False, dec_hook=_decode_path)
         except msgspec.ValidationError as exc:
             raise ValueError(_explain(exc)) from exc
+
+
+def redacted_url(url: str | None) -> str:
+    """``url`` fit for a log line or a terminal: its password replaced by ``***``."""
+    if not url:
+        return "(unset)"
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rpartition("@")[2]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
 class UnknownSetting(UserWarning):

@@ -20,7 +20,7 @@ from inferq.cli.models import cache_locally
 from inferq.cli.output import say
 from inferq.cli.runtime import Runtime, opened
 from inferq.errors import ModelNotFound, ServiceUnavailable
-from inferq.settings import Settings
+from inferq.settings import Settings, redacted_url
 
 SEED_LOCK = 0x696E666572710001  # "inferq" + 1: serialises concurrent `inferq dev` seeding
 EXAMPLE_WINE = (
@@ -158,7 +158,8 @@ async def _print_tour(rt: Runtime, base: str) -> None:
         aliases = ", ".join(f"@{a.name}→{_weights(a.weights)}" for a in model.aliases)
         versions = ", ".join(f"{v.version} ({v.signature.task}, {v.status})" for v in model.versions)
         say(f"  {model.name:<10} versions {versions}; aliases {aliases}")
-    say(f"\nservices: redis {rt.services.redis_url}\n          postgres {rt.services.database_url}")
+    redis, postgres = redacted_url(rt.services.redis_url), redacted_url(rt.services.database_url)
+    say(f"\nservices: redis {redis}\n          postgres {postgres}")
     say(f"\nAPI {base}  (docs {base}/schema, metrics {base}/metrics)")
     say("\ntry, in another terminal:")
     for line in _examples(base):

@@ -9,7 +9,7 @@ from inferq.cli.output import emit, say
 from inferq.cli.runtime import opened, require_safe_redis
 from inferq.errors import InvalidInput
 from inferq.observability.logs import configure_logging
-from inferq.settings import Settings
+from inferq.settings import Settings, redacted_url
 from inferq.store.deliveries import DeliveryStore
 from inferq.streams.tasks import queue_name
 from inferq.webhooks.signatures import new_secret
@@ -22,7 +22,8 @@ async def run_tasks_command(settings: Settings) -> int:
     configure_logging(settings.log_level)
     async with opened(settings, redis=True) as rt:
         await require_safe_redis(settings, rt.services, embedded=settings.services.redis_url is None)
-        say(f"inferq tasks: queue {queue_name(settings.services.key_prefix)} on redis {rt.services.redis_url}")
+        queue, redis = queue_name(settings.services.key_prefix), redacted_url(rt.services.redis_url)
+        say(f"inferq tasks: queue {queue} on redis {redis}")
         return await run_tasks(msgspec.structs.replace(settings, services=rt.services))
 
 

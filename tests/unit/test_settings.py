@@ -8,7 +8,7 @@ import pytest
 
 from inferq.contracts.errors import ErrorInfo
 from inferq.errors import InferqError, InvalidInput, ModelNotFound, error_class
-from inferq.settings import Settings, UnknownSetting
+from inferq.settings import Settings, UnknownSetting, redacted_url
 
 
 def test_environment_reaches_every_section() -> None:
@@ -71,3 +71,20 @@ def test_error_classes_defined_later_are_found_by_code() -> None:
         code = "late_test_error"
 
     assert error_class("late_test_error") is LateError
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://api:s3cret@redis:6379/0", "redis://api:***@redis:6379/0"),
+        ("redis://:s3cret@redis:6379/0", "redis://:***@redis:6379/0"),
+        (
+            "postgresql://inferq:p%40ss@db:5432/inferq?sslmode=require",
+            "postgresql://inferq:***@db:5432/inferq?sslmode=require",
+        ),
+        ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+        (None, "(unset)"),
+    ],
+)
+def test_urls_are_shown_without_their_password(url: str | None, shown: str) -> None:
+    assert redacted_url(url) == shown
