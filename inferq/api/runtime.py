@@ -67,7 +67,7 @@ async def opened(settings: Settings, *, metrics: Metrics) -> AsyncIterator[Servi
     )
     tasks = TaskQueue(redis, prefix=services.key_prefix)
     instance = ReplyListener.instance_name()
-    listener = ReplyListener(redis, channel=names.reply_channel(instance))
+    listener = ReplyListener(redis, channel=names.reply_channel(instance), result_key=names.result)
     short_ttl = queue.result_short_ttl_s or max(1, round(2 * queue.wait_max_s))
     limits = CallLimits.of(settings)
     predictions = PredictionService(

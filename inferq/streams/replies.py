@@ -1,13 +1,17 @@
 """The API instance's reply listener: one pub/sub channel, futures keyed by request id.
 
 Subscribe before the first XADD; pub/sub is at-most-once, so a caller whose wait runs out reads
-the result key once before answering 202.
+the result key once before answering 202. Results published while the subscription was down (a
+dropped connection, an ``ACL LOAD``) reached nobody: after every re-subscription the listener reads
+the result keys of the callers still waiting, so none of them waits out its whole wait for an
+answer that is already stored.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 
 import redis.asyncio as aioredis
 import structlog
@@ -21,9 +25,10 @@ log = structlog.get_logger(__name__)
 class ReplyListener:
     """Resolves ``expect(id)`` futures from results published on this instance's channel."""
 
-    def __init__(self, redis: aioredis.Redis, *, channel: str) -> None:
+    def __init__(self, redis: aioredis.Redis, *, channel: str, result_key: Callable[[str], str]) -> None:
         self._redis = redis
         self.channel = channel
+        self._result_key = result_key
         self._waiters: dict[str, asyncio.Future[InferResult]] = {}
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
@@ -69,6 +74,8 @@ class ReplyListener:
             try:
                 async with self._redis.pubsub(ignore_subscribe_messages=True) as pubsub:
                     await pubsub.subscribe(self.channel)
+                    if self._ready.is_set():
+                        await self._catch_up()
                     self._ready.set()
                     backoff = 0.05
                     while True:
@@ -81,6 +88,19 @@ class ReplyListener:
                 log.warning("replies.reconnect", channel=self.channel, error=str(exc), backoff_s=backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
+
+    async def _catch_up(self) -> None:
+        """Resolve the waiters whose result was stored while nobody listened (one pipelined read)."""
+        ids = list(self._waiters)
+        if not ids:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for request_id in ids:
+            pipe.get(self._result_key(request_id))
+        found = [value for value in await pipe.execute() if value is not None]
+        for value in found:
+            self._dispatch(value)
+        log.info("replies.caught_up", channel=self.channel, waiting=len(ids), found=len(found))
 
     def _dispatch(self, data: bytes) -> None:
         try:
