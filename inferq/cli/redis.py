@@ -6,20 +6,16 @@ import os
 import tempfile
 from pathlib import Path
 
-import inferq
 from inferq.cli.output import say
 from inferq.errors import InvalidInput
 from inferq.settings import Settings
 from inferq.streams.acl import render
 
-TEMPLATE = Path("ops") / "redis" / "users.acl.template"
-
 
 def default_template() -> Path:
-    """The repository's template: next to the ``inferq`` package (a checkout or an editable install), else
-    under the current directory."""
-    beside_package = Path(inferq.__file__).resolve().parent.parent / TEMPLATE
-    return beside_package if beside_package.is_file() else TEMPLATE
+    """The template shipped in the package (``ops/redis/users.acl.template`` in a checkout links to it),
+    so the command renders from a wheel or the container image too."""
+    return Path(__file__).resolve().parent.parent / "streams" / "users.acl.template"
 
 
 def render_acl(settings: Settings, *, producers: list[str] | None, template: Path | None, out: Path | None) -> int:
@@ -30,8 +26,7 @@ def render_acl(settings: Settings, *, producers: list[str] | None, template: Pat
         text = path.read_text()
     except OSError as exc:
         raise InvalidInput(
-            f"cannot read the ACL template {path}: {exc.strerror} (it is ops/redis/users.acl.template in the"
-            " inferq repository; pass --template)",
+            f"cannot read the ACL template {path}: {exc.strerror}",
             field="template",
         ) from None
     names = producers if producers is not None else list(settings.queue.producer_tenants())

@@ -255,3 +255,15 @@ def test_command_refuses_with_a_clear_message(
     captured = capsys.readouterr()
     assert message in captured.err
     assert captured.out == ""
+
+
+def test_the_template_ships_in_the_package_and_ops_links_to_it() -> None:
+    import tomllib
+
+    from inferq.cli.redis import default_template
+
+    shipped = default_template()
+    assert shipped.is_file()
+    assert (Path(__file__).resolve().parents[2] / "ops" / "redis" / "users.acl.template").resolve() == shipped
+    package_data = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    assert "streams/users.acl.template" in package_data["tool"]["setuptools"]["package-data"]["inferq"]
