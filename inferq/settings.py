@@ -33,7 +33,8 @@ class ServiceSettings(msgspec.Struct, frozen=True, kw_only=True):
 
     redis_url: str | None = None
     database_url: str | None = None
-    key_prefix: str = "inferq"
+    # Letters, digits and `_ . : -`: the prefix is part of Redis ACL key patterns (a `*` would widen them).
+    key_prefix: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")] = "inferq"
     state_dir: Path = Path(".inferq")
     socket_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 2.0
 

@@ -88,3 +88,9 @@ def test_error_classes_defined_later_are_found_by_code() -> None:
 )
 def test_urls_are_shown_without_their_password(url: str | None, shown: str) -> None:
     assert redacted_url(url) == shown
+
+
+@pytest.mark.parametrize("prefix", ["inferq*", "a b", "{x}", "", "-lead", "x" * 65])
+def test_a_key_prefix_that_would_widen_acl_patterns_is_refused(prefix: str) -> None:
+    with pytest.raises(ValueError, match="INFERQ_KEY_PREFIX"):
+        Settings.from_env({"INFERQ_KEY_PREFIX": prefix or " "})
