@@ -163,7 +163,7 @@ class TaskRunner:
                 await self._serve()
             except (RedisError, *UNAVAILABLE) as exc:
                 delay_s = backoff.next()
-                log.warning("tasks.redis_unavailable", error=f"{type(exc).__name__}: {exc}", retry_in_s=delay_s)
+                log.warning("tasks.redis_failed", error=f"{type(exc).__name__}: {exc}", retry_in_s=delay_s)
                 await sleep_unless(self._stopping, delay_s)
         return 0
 
