@@ -11,9 +11,12 @@ leaves no stale series behind.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 from inferq.streams.backlog import Backlog
 
@@ -87,44 +90,52 @@ class Metrics:
         return text if backlog is None else text + generate_latest(_stream_gauges(backlog))
 
 
+class StreamGauges(Collector):
+    """The stream gauges of one reading of Redis, as metric families built at collection.
+
+    NOTE: not ``Gauge`` objects: with ``PROMETHEUS_MULTIPROC_DIR`` set, every ``Gauge`` writes its value
+    to that directory, where the next scrape would find it again (twice, then forever under a dead pid).
+    """
+
+    def __init__(self, backlog: Backlog) -> None:
+        self._backlog = backlog
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        lanes = ["partition", "lane"]
+        waiting = GaugeMetricFamily(
+            "inferq_stream_backlog",
+            "Entries not yet delivered to any worker, by partition (model@version) and lane.",
+            labels=lanes,
+        )
+        pending = GaugeMetricFamily(
+            "inferq_stream_pending",
+            "Entries delivered to a worker, not yet acknowledged (running, or held by a dead worker until reclaimed).",
+            labels=lanes,
+        )
+        oldest = GaugeMetricFamily(
+            "inferq_stream_oldest_age_seconds",
+            "Age of the oldest unfinished entry (0 when the lane is empty).",
+            labels=lanes,
+        )
+        consumers = GaugeMetricFamily(
+            "inferq_stream_consumers",
+            "Workers consuming the partition now (heard from within 10 s). Backlog with 0 here = no capacity.",
+            labels=["partition"],
+        )
+        dead = GaugeMetricFamily(
+            "inferq_stream_dead_letters", "Entries in the partition's dead-letter stream.", labels=["partition"]
+        )
+        for part in self._backlog.partitions:
+            consumers.add_metric([part.partition], part.consumers)
+            dead.add_metric([part.partition], part.dead_letters)
+            for lane in part.lanes:
+                waiting.add_metric([part.partition, lane.lane], lane.backlog)
+                pending.add_metric([part.partition, lane.lane], lane.pending)
+                oldest.add_metric([part.partition, lane.lane], lane.oldest_age_s)
+        yield from (waiting, pending, oldest, consumers, dead)
+
+
 def _stream_gauges(backlog: Backlog) -> CollectorRegistry:
-    registry = CollectorRegistry(auto_describe=True)
-    lane_labels = ["partition", "lane"]
-    waiting = Gauge(
-        "inferq_stream_backlog",
-        "Entries not yet delivered to any worker, by partition (model@version) and lane.",
-        lane_labels,
-        registry=registry,
-    )
-    pending = Gauge(
-        "inferq_stream_pending",
-        "Entries delivered to a worker and not yet acknowledged (running, or held by a dead worker until reclaimed).",
-        lane_labels,
-        registry=registry,
-    )
-    oldest = Gauge(
-        "inferq_stream_oldest_age_seconds",
-        "Age of the oldest unfinished entry (0 when the lane is empty).",
-        lane_labels,
-        registry=registry,
-    )
-    consumers = Gauge(
-        "inferq_stream_consumers",
-        "Workers consuming the partition now (heard from within 10 s). Backlog with 0 here = no capacity.",
-        ["partition"],
-        registry=registry,
-    )
-    dead = Gauge(
-        "inferq_stream_dead_letters",
-        "Entries in the partition's dead-letter stream.",
-        ["partition"],
-        registry=registry,
-    )
-    for part in backlog.partitions:
-        consumers.labels(part.partition).set(part.consumers)
-        dead.labels(part.partition).set(part.dead_letters)
-        for lane in part.lanes:
-            waiting.labels(part.partition, lane.lane).set(lane.backlog)
-            pending.labels(part.partition, lane.lane).set(lane.pending)
-            oldest.labels(part.partition, lane.lane).set(lane.oldest_age_s)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StreamGauges(backlog))
     return registry

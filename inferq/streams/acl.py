@@ -29,6 +29,12 @@ _PASSWORDS = re.compile(r"(?P<role>[a-z][a-z0-9]*)_passwords")
 
 def check_producer(name: str) -> str:
     """``name`` if it can be a producer (a user name and a literal part of its key patterns)."""
+    if _PRODUCER.fullmatch(name) and password_variable(name).endswith(PREVIOUS):
+        raise InvalidInput(
+            f"producer name {name!r} is not allowed: its password variable would read as another producer's"
+            " previous password during a rotation (a name may not end in 'previous')",
+            field="producers",
+        )
     if not _PRODUCER.fullmatch(name):
         raise InvalidInput(
             f"producer name {name!r} is not allowed: 1-64 of A-Z a-z 0-9 _ . - (no glob characters, spaces or"

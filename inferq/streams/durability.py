@@ -55,12 +55,16 @@ class RedisFacts(msgspec.Struct, frozen=True, kw_only=True):
         ]
 
 
-async def read_facts(redis: aioredis.Redis) -> RedisFacts:
-    """One ``INFO server memory persistence`` call."""
-    info: dict[str, Any] = await redis.execute_command("INFO", "server", "memory", "persistence")  # type: ignore[no-untyped-call]
+async def read_facts(redis: aioredis.Redis) -> RedisFacts | None:
+    """One plain ``INFO`` (its default sections; several sections in one call are a syntax error
+    before Redis 7.0, which must be refused, not missed). None when the server does not say its
+    eviction policy (a proxy or a managed service that trims ``INFO``)."""
+    info: dict[str, Any] = await redis.info()
+    if "maxmemory_policy" not in info:
+        return None
     return RedisFacts(
         version=str(info.get("valkey_version") or info.get("redis_version", "0")),
-        eviction_policy=str(info.get("maxmemory_policy", "unknown")),
+        eviction_policy=str(info["maxmemory_policy"]),
         aof_enabled=str(info.get("aof_enabled", "0")) == "1",
     )
 
@@ -73,6 +77,9 @@ async def check_redis(redis: aioredis.Redis, *, dev: bool) -> RedisFacts | None:
         facts = await read_facts(redis)
     except (*UNAVAILABLE, ResponseError) as exc:  # down, or INFO denied by an ACL
         log.warning("redis.unverified", error=str(exc) or type(exc).__name__)
+        return None
+    if facts is None:
+        log.warning("redis.unverified", error="INFO does not report maxmemory_policy")
         return None
     refusals = facts.refusals()
     if refusals:

@@ -231,7 +231,7 @@ ALLOWED: dict[str, list[Command]] = {
     ],
     "scaler": [
         cmd("PING"), cmd(f"XINFO GROUPS {WORK}"), cmd(f"XINFO GROUPS {BULK}"), cmd(f"XPENDING {BULK} workers"),
-        cmd(f"XPENDING {WORK} workers - + 9"), cmd(f"XLEN {WORK}"),
+        cmd(f"XPENDING {WORK} workers - + 9"), cmd(f"XLEN {WORK}"), cmd("INFO"),  # KEDA's lagCount asks INFO first
     ],
     "producer-billing": [
         cmd("PING"), cmd(f"XADD {INGRESS} * m x"), cmd(f"XGROUP CREATE {REPLIES} me $ MKSTREAM"),
@@ -268,7 +268,7 @@ REFUSED_TO: dict[str, list[Command]] = {
     "scaler": [
         cmd(f"XRANGE {WORK} - + COUNT 1"), cmd(f"XINFO STREAM {WORK}"),
         cmd(f"XREADGROUP GROUP workers c STREAMS {WORK} >"), cmd(f"XADD {WORK} * m x"), cmd(f"XLEN {DLQ}"),
-        cmd(f"GET {RESULT}"), cmd(f"HGETALL {RATE}:workers"), cmd("INFO"),
+        cmd(f"GET {RESULT}"), cmd(f"HGETALL {RATE}:workers"),
         cmd(f"XLEN {INGRESS}"), cmd(f"XINFO CONSUMERS {WORK} workers"), cmd(f"SUBSCRIBE {API_CHANNEL}"),
     ],
     "producer-billing": [

@@ -124,3 +124,18 @@ async def test_readiness_fails_when_the_policy_changes_at_run_time(
     assert "maxmemory-policy is allkeys-lfu" in after.json()["checks"]["redis"]
     assert after.json()["checks"]["postgres"] == "ok"
     assert again.status_code == 200
+
+
+async def test_readiness_with_info_denied_is_ready_when_redis_answers(
+    own: aioredis.Redis, own_redis: EmbeddedRedis, settings: Settings, migrated_db: str
+) -> None:
+    # A least-privilege user without INFO: the policy cannot be checked (startup warns), the server can.
+    await own.acl_setuser("noinfo", enabled=True, nopass=True, commands=["+@all", "-info"], keys=["*"], channels=["*"])
+    try:
+        url = f"redis://noinfo@127.0.0.1:{own_redis.port}/0"
+        async with running(tuned(settings, services__redis_url=url)) as api:
+            ready = await api.client.get("/health/ready")
+    finally:
+        await own.acl_deluser("noinfo")
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["checks"]["redis"] == "ok"
