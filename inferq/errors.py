@@ -6,7 +6,11 @@
     │   ├── VersionNotFound          version_not_found
     │   ├── AliasNotFound            alias_not_found
     │   ├── JobNotFound              job_not_found
+    │   ├── KeyNotFound              key_not_found
     │   └── DeliveryNotFound         delivery_not_found
+    ├── Unauthenticated              unauthenticated
+    ├── Forbidden                    forbidden
+    ├── RateLimited                  rate_limited         yes
     ├── InvalidInput                 invalid_input
     ├── MalformedRequest             malformed_request
     ├── InvalidModel                 invalid_model
@@ -68,6 +72,25 @@ class AliasNotFound(NotFound):
     code = "alias_not_found"
 
 
+class Unauthenticated(InferqError):
+    """No API key, or one that is malformed, unknown, wrong, revoked or expired (deliberately not said which)."""
+
+    code = "unauthenticated"
+
+
+class Forbidden(InferqError):
+    """A valid key without the scope the operation needs."""
+
+    code = "forbidden"
+
+
+class RateLimited(InferqError):
+    """A key's quota is spent (rate or concurrency); ``retry_after_s`` says when to come back."""
+
+    code = "rate_limited"
+    retryable = True
+
+
 class InvalidInput(InferqError):
     """The caller's input does not fit the model's signature; never retried."""
 
@@ -92,6 +115,10 @@ class Conflict(InferqError):
 
 class JobNotFound(NotFound):
     code = "job_not_found"
+
+
+class KeyNotFound(NotFound):
+    code = "key_not_found"
 
 
 class DeliveryNotFound(NotFound):

@@ -100,16 +100,31 @@ class JobsSettings(msgspec.Struct, frozen=True, kw_only=True):
     webhook_max_attempts: Annotated[int, msgspec.Meta(ge=1)] = 8
 
 
+class AuthSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """API keys and the default limits of every tenant (a tenant's own limits override these)."""
+
+    api_key_pepper: str | None = None  # HMAC key of stored API keys; required outside development
+    key_cache_s: Annotated[float, msgspec.Meta(ge=0)] = 5.0  # the revocation lag (positive and negative)
+    auth_ip_rate: Annotated[float, msgspec.Meta(gt=0)] = 10.0  # key lookups per second per client address
+    auth_ip_burst: Annotated[int, msgspec.Meta(ge=1)] = 30
+    key_rate_per_s: Annotated[float, msgspec.Meta(gt=0)] = 100.0  # requests per second per key, sustained
+    key_burst: Annotated[int, msgspec.Meta(ge=1)] = 200  # requests per key allowed at once above the rate
+    key_concurrency: Annotated[int, msgspec.Meta(ge=1)] = 64  # predictions in flight per key
+    max_rows: Annotated[int, msgspec.Meta(ge=1)] = 10_000  # rows per prediction request
+
+
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     services: ServiceSettings = ServiceSettings()
     engine: EngineSettings = EngineSettings()
     queue: QueueSettings = QueueSettings()
     api: ApiSettings = ApiSettings()
     jobs: JobsSettings = JobsSettings()
+    auth: AuthSettings = AuthSettings()
     host: str = "127.0.0.1"
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8000
     log_level: str = "info"
     webhook_allow_private: bool = False
+    api_key: str | None = None  # the key client commands (`inferq jobs submit`) send
     dev: bool = False  # development (`inferq dev` sets it): production-only warnings stay quiet
 
     @classmethod
@@ -118,7 +133,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         an unknown ``INFERQ_*`` name (a typo such as ``INFERQ_REDIS_ULR``) is a warning."""
         env = os.environ if environ is None else environ
         values = {k[len(PREFIX) :].lower(): v for k, v in env.items() if k.startswith(PREFIX) and v != ""}
-        sections: dict[str, dict[str, Any]] = {"services": {}, "engine": {}, "queue": {}, "api": {}, "jobs": {}}
+        sections: dict[str, dict[str, Any]] = {s: {} for s in _SECTIONS}
         top: dict[str, Any] = {}
         for key, raw in values.items():
             section = _SECTION_OF.get(key)
@@ -178,6 +193,8 @@ _SECTION_OF: dict[str, str] = {
     **{name: "queue" for name in QueueSettings.__struct_fields__},
     **{name: "api" for name in ApiSettings.__struct_fields__},
     **{name: "jobs" for name in JobsSettings.__struct_fields__},
+    **{name: "auth" for name in AuthSettings.__struct_fields__},
 }
+_SECTIONS = ("services", "engine", "queue", "api", "jobs", "auth")
 _ENV_NAME = {field: alias for alias, field in _FIELD_ALIASES.items()}
-_TOP_FIELDS = frozenset(set(Settings.__struct_fields__) - {"services", "engine", "queue", "api", "jobs"})
+_TOP_FIELDS = frozenset(set(Settings.__struct_fields__) - set(_SECTIONS))

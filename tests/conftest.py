@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 from sqlalchemy.engine import URL, make_url
 
 from inferq.embedded import started_services
-from inferq.settings import EngineSettings, ServiceSettings, Settings
+from inferq.settings import AuthSettings, EngineSettings, ServiceSettings, Settings
 
 RUN_ID = secrets.token_hex(4)
 
@@ -61,6 +61,11 @@ def database_url(service_urls: ServiceSettings) -> Iterator[str]:
     asyncio.run(_admin(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
+# Every test API shares one pepper, and quotas no test reaches unless it sets a tenant's own limits.
+TEST_PEPPER = "test-pepper-" + "0123456789abcdef" * 3
+TEST_AUTH = AuthSettings(api_key_pepper=TEST_PEPPER, key_rate_per_s=1e6, key_burst=1_000_000, key_concurrency=1_000_000)
+
+
 @pytest.fixture(scope="session")
 def settings(service_urls: ServiceSettings, database_url: str, redis_url: str, key_prefix: str,
              tmp_path_factory: pytest.TempPathFactory) -> Settings:  # fmt: skip
@@ -69,7 +74,11 @@ def settings(service_urls: ServiceSettings, database_url: str, redis_url: str, k
         redis_url=redis_url, database_url=database_url, key_prefix=key_prefix,
         state_dir=service_urls.state_dir,
     )  # fmt: skip
-    return Settings(services=services, engine=EngineSettings(model_root=tmp_path_factory.mktemp("models")))
+    return Settings(
+        services=services,
+        engine=EngineSettings(model_root=tmp_path_factory.mktemp("models")),
+        auth=TEST_AUTH,
+    )
 
 
 @pytest.fixture

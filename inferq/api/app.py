@@ -20,6 +20,7 @@ from inferq.api.jobs import JobService
 from inferq.api.metrics import Metrics
 from inferq.api.problems import from_http, problem_details_plugin
 from inferq.api.routes import HANDLERS
+from inferq.api.routes.admin import ADMIN_HANDLERS
 from inferq.api.routes.jobs import JOB_HANDLERS
 from inferq.api.routes.v2 import V2_ROUTER
 from inferq.api.service import PredictionService
@@ -27,6 +28,7 @@ from inferq.api.v2 import errors as v2_errors
 from inferq.api.v2.inference import V2Inference
 from inferq.api.v2.metadata import V2Metadata, server_version
 from inferq.settings import Settings
+from inferq.store.keys import KeyStore
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -43,7 +45,7 @@ def create_app(settings: Settings) -> Litestar:
                 app.state.services = None
 
     return Litestar(
-        route_handlers=[*HANDLERS, *JOB_HANDLERS, V2_ROUTER, static_router()],
+        route_handlers=[*HANDLERS, *JOB_HANDLERS, *ADMIN_HANDLERS, V2_ROUTER, static_router()],
         dependencies={
             "predictions": Provide(_predictions, sync_to_thread=False),
             "models": Provide(_models, sync_to_thread=False),
@@ -52,6 +54,7 @@ def create_app(settings: Settings) -> Litestar:
             "v2_metadata": Provide(_v2_metadata, sync_to_thread=False),
             "v2_inference": Provide(_v2_inference, sync_to_thread=False),
             "jobs": Provide(_jobs, sync_to_thread=False),
+            "keys": Provide(_keys, sync_to_thread=False),
         },
         lifespan=[lifespan],
         state=State({"settings": settings, "metrics": metrics, "services": None}),
@@ -113,3 +116,7 @@ def _v2_inference(state: State) -> V2Inference:
 
 def _jobs(state: State) -> JobService:
     return _services(state).jobs
+
+
+def _keys(state: State) -> KeyStore:
+    return _services(state).keys

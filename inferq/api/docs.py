@@ -12,6 +12,7 @@ from pathlib import Path
 
 from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin, YamlRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
 from litestar.router import Router
 from litestar.static_files import create_static_files_router
 
@@ -37,9 +38,19 @@ def openapi_config(*, version: str) -> OpenAPIConfig:
     return OpenAPIConfig(
         title="inferq",
         version=version,
-        description="Queue-first inference: every prediction is a message on a Redis stream.",
+        description="Queue-first inference: every prediction is a message on a Redis stream. "
+        "Every route but health, metrics and the V2 server endpoints takes an API key: "
+        "`Authorization: Bearer iq_<id>_<secret>` (`inferq keys create`).",
         path="/schema",
         render_plugins=[swagger, JsonRenderPlugin(), YamlRenderPlugin()],
+        components=Components(
+            security_schemes={
+                "apiKey": SecurityScheme(
+                    type="http", scheme="bearer", bearer_format="iq_<id>_<secret>", description="An inferq API key"
+                )
+            }
+        ),
+        security=[{"apiKey": []}],
     )
 
 

@@ -23,6 +23,8 @@ import structlog
 from litestar import Litestar
 
 from inferq.api.access import client_id, log_request
+from inferq.api.auth import require
+from inferq.api.guards import address
 from inferq.api.metrics import Metrics
 from inferq.api.problems import from_domain, from_unexpected
 from inferq.api.routes.predictions import answer_response, model_ref, read_headers
@@ -62,16 +64,17 @@ class FastPredict:
         if data is None:  # unreadable or too large: Litestar renders the 400/413 exactly as on every route
             await self.app(scope, _replay(body, more=not complete, receive=receive), send)  # type: ignore[arg-type]
             return
-        await self._predict(scope, send, services.predictions, model=match[1], data=data)
+        await self._predict(scope, send, services, model=match[1], data=data)
 
-    async def _predict(
-        self, scope: Scope, send: Send, service: PredictionService, *, model: str, data: PredictBody
-    ) -> None:
+    async def _predict(self, scope: Scope, send: Send, services: Any, *, model: str, data: PredictBody) -> None:
         started = time.perf_counter()
         cid = client_id(scope) or os.urandom(16).hex()
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(correlation_id=cid)
+        service: PredictionService = services.predictions
         try:
+            # The route's guard, as Litestar would run it: the quota is spent in the admission script.
+            principal = require(await services.auth.authenticate(scope["headers"], address(scope)), "predict")
             prefer, cancel_after = read_headers(scope["headers"])
             hold = service.limits.hold(prefer)
             call = PredictCall(
@@ -80,6 +83,7 @@ class FastPredict:
                 wait_s=hold.wait_s,
                 ttl_ms=service.limits.ttl_ms(cancel_after),
                 correlation_id=cid,
+                principal=principal,
             )
             status, payload, headers = answer_response(await service.predict(call), applied=hold.applied)
             raw = _encoder.encode(payload)

@@ -3,6 +3,9 @@
     code                                    status   headers
     invalid_input, invalid_model            422
     malformed_request                       400
+    unauthenticated                         401      WWW-Authenticate: Bearer
+    forbidden                               403
+    rate_limited                            429      Retry-After, RateLimit-Limit/-Remaining/-Reset
     *_not_found                             404
     conflict                                409
     overloaded                              503      Retry-After (from the drain rate)
@@ -30,6 +33,9 @@ _STATUS: dict[str, int] = {
     "invalid_input": 422,
     "invalid_model": 422,
     "malformed_request": 400,
+    "unauthenticated": 401,
+    "forbidden": 403,
+    "rate_limited": 429,
     "conflict": 409,
     "idempotency_conflict": 409,
     "job_finished": 409,
@@ -50,12 +56,15 @@ _HTTP_CODES: dict[int, str] = {
 }
 _TITLES: dict[int, str] = {
     400: "Malformed request",
+    401: "Unauthenticated",
+    403: "Forbidden",
     404: "Not found",
     405: "Method not allowed",
     409: "Conflict",
     413: "Payload too large",
     415: "Unsupported media type",
     422: "Invalid input",
+    429: "Too many requests",
     500: "Internal error",
     503: "Service unavailable",
     504: "Deadline exceeded",
@@ -86,10 +95,17 @@ def status_of(exc: InferqError) -> int:
 
 
 def retry_headers(exc: InferqError, status: int) -> dict[str, str] | None:
-    """``Retry-After`` for a 503 (from the error's ``retry_after_s``, at least 1 s)."""
-    if status != 503:
+    """``Retry-After`` for a 503 or 429 (from the error's ``retry_after_s``, at least 1 s); the
+    ``RateLimit-*`` fields of a 429; the challenge of a 401."""
+    if status == 401:
+        return {"WWW-Authenticate": 'Bearer realm="inferq"'}
+    if status not in (429, 503):
         return None
-    return {"Retry-After": str(max(1, math.ceil(float(exc.details.get("retry_after_s", 1)))))}
+    retry = str(max(1, math.ceil(float(exc.details.get("retry_after_s", 1)))))
+    headers = {"Retry-After": retry}
+    if status == 429 and "limit" in exc.details:
+        headers |= {"RateLimit-Limit": str(exc.details["limit"]), "RateLimit-Remaining": "0", "RateLimit-Reset": retry}
+    return headers
 
 
 def from_domain(exc: InferqError) -> ProblemDetailsException:

@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from inferq.api.auth import Authenticator
 from inferq.api.catalog import ModelCatalog
 from inferq.api.directory import ModelDirectory
 from inferq.api.headers import CallLimits
@@ -17,14 +18,16 @@ from inferq.api.service import PredictionService
 from inferq.api.v2.inference import V2Inference
 from inferq.api.v2.metadata import V2Metadata
 from inferq.contracts.names import Names
-from inferq.errors import ServiceUnavailable
+from inferq.errors import InvalidInput, ServiceUnavailable
 from inferq.settings import Settings
 from inferq.store.database import create_engine, create_sessionmaker
 from inferq.store.deliveries import DeliveryStore
 from inferq.store.jobs import JobStore
+from inferq.store.keys import KeyHasher, KeyStore
 from inferq.store.registry import Registry
 from inferq.streams.connection import connect
 from inferq.streams.producer import Producer
+from inferq.streams.quotas import Quotas
 from inferq.streams.replies import ReplyListener
 from inferq.streams.results import ResultStore, ResultTTL
 from inferq.streams.tasks import TaskQueue
@@ -42,6 +45,9 @@ class Services:
     v2_metadata: V2Metadata
     v2_inference: V2Inference
     jobs: JobService
+    auth: Authenticator
+    quotas: Quotas
+    keys: KeyStore
 
 
 @contextlib.asynccontextmanager
@@ -54,12 +60,16 @@ async def opened(settings: Settings, *, metrics: Metrics) -> AsyncIterator[Servi
     services, queue = settings.services, settings.queue
     if services.database_url is None:
         raise ServiceUnavailable("no database URL configured (INFERQ_DATABASE_URL)")
+    if settings.auth.api_key_pepper is None:
+        raise InvalidInput("no API key pepper configured (INFERQ_API_KEY_PEPPER)", field="INFERQ_API_KEY_PEPPER")
+    hasher = KeyHasher(settings.auth.api_key_pepper)
     names = Names(services.key_prefix)
     redis = connect(services)
     engine = create_engine(
         services.database_url, connect_timeout_s=settings.api.health_timeout_s * 3, pool_timeout_s=2.0
     )
     sessionmaker = create_sessionmaker(engine)
+    keys = KeyStore(sessionmaker, hasher=hasher)
     catalog = ModelCatalog(
         Registry(sessionmaker),
         refresh_s=settings.api.catalog_refresh_s,
@@ -115,6 +125,9 @@ async def opened(settings: Settings, *, metrics: Metrics) -> AsyncIterator[Servi
                 allow_private=settings.webhook_allow_private,
                 scheduler=tasks.schedule,
             ),
+            auth=Authenticator.of(settings, keys, hasher),
+            quotas=Quotas(redis, names),
+            keys=keys,
         )
     finally:
         predictions.drain()

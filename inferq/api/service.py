@@ -20,6 +20,7 @@ import structlog
 from inferq.api.catalog import ModelCatalog
 from inferq.api.headers import CallLimits
 from inferq.api.metrics import Metrics
+from inferq.contracts.auth import Principal
 from inferq.contracts.messages import InferRequest, InferResult, OutputForm, Pending, Reply, State, message_encoder
 from inferq.contracts.models import ModelRef, ModelVersion
 from inferq.contracts.names import Names
@@ -30,6 +31,7 @@ from inferq.errors import (
     InvalidInput,
     NotFound,
     Overloaded,
+    RateLimited,
     ServiceUnavailable,
 )
 from inferq.inputs import batch_size, encode_tensors, to_feeds
@@ -38,12 +40,12 @@ from inferq.streams.connection import UNAVAILABLE
 from inferq.streams.partition import Partition
 from inferq.streams.producer import Producer, Submission
 from inferq.streams.progress import pending_status
+from inferq.streams.quotas import Quota
 from inferq.streams.replies import ReplyListener
 from inferq.streams.results import ResultStore
 
 log = structlog.get_logger(__name__)
 
-DEFAULT_TENANT = "default"  # until API keys exist, every caller is the seeded default tenant
 _REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")
 T = TypeVar("T")
 
@@ -57,7 +59,7 @@ class PredictCall:
     wait_s: float
     ttl_ms: int
     correlation_id: str
-    tenant: str = DEFAULT_TENANT
+    principal: Principal  # the caller: its tenant owns the prediction, its key's quotas apply
     output: OutputForm = "predictions"
     output_names: tuple[str, ...] = ()
     priority: int = 0
@@ -158,7 +160,7 @@ class PredictionService:
         self._metrics.held.inc()
         try:
             part = self._partition(version)
-            entry_id = await self._enqueue(part, version, message_encoder.encode(message))
+            entry_id = await self._enqueue(part, version, message, call.principal)
             if call.running_wait_s > 0:
                 await _hold_while_running(
                     future, call.wait_s, call.running_wait_s, running=lambda: self._delivered(part, entry_id)
@@ -177,7 +179,7 @@ class PredictionService:
                 await self._placehold(
                     Pending(
                         id=message.id,
-                        tenant=call.tenant,
+                        tenant=call.principal.tenant,
                         model=version.model,
                         version=version.version,
                         entry_id=entry_id,
@@ -190,8 +192,17 @@ class PredictionService:
 
     def _message(self, call: PredictCall, version: ModelVersion) -> InferRequest:
         """The stream message for ``call``, its inputs checked against the version's signature."""
+        limits = call.principal.limits
         try:
-            feeds = to_feeds(call.inputs, version.signature, max_elements=self._max_elements)
+            feeds = to_feeds(call.inputs, version.signature, max_elements=min(self._max_elements, limits.max_elements))
+            rows = batch_size(feeds)
+            if rows > limits.max_rows:
+                raise InvalidInput(
+                    f"{rows} rows in one request; this API key may send at most {limits.max_rows} "
+                    "(submit larger inputs as a job)",
+                    rows=rows,
+                    max_rows=limits.max_rows,
+                )
         except InvalidInput:
             self._metrics.count_prediction(model=version.model, version=version.version, outcome="invalid_input")
             raise
@@ -201,20 +212,21 @@ class PredictionService:
         structlog.contextvars.bind_contextvars(prediction_id=request_id)
         return InferRequest(
             id=request_id,
-            tenant=call.tenant,
+            tenant=call.principal.tenant,
             model=version.model,
             version=version.version,
             inputs=encode_tensors(feeds),
-            rows=batch_size(feeds),
+            rows=rows,
             ttl_ms=call.ttl_ms,
             output=call.output,
             output_names=call.output_names,
             priority=call.priority,
             correlation_id=call.correlation_id,
             reply=self._reply,
+            key_id=call.principal.key_id,
         )
 
-    async def get_prediction(self, request_id: str, *, tenant: str = DEFAULT_TENANT) -> Tracked:
+    async def get_prediction(self, request_id: str, *, tenant: str) -> Tracked:
         """A prediction's state by id; an unknown id, or another tenant's, is ``NotFound``."""
         missing = NotFound(f"prediction {request_id[:64]!r} not found", id=request_id[:64])
         if not _REQUEST_ID.match(request_id):
@@ -232,13 +244,24 @@ class PredictionService:
         )
         return Tracked(request_id, status, stored.model, stored.version, result)
 
-    async def _enqueue(self, part: Partition, version: ModelVersion, message: bytes) -> str:
+    async def _enqueue(self, part: Partition, version: ModelVersion, message: InferRequest, caller: Principal) -> str:
         limit = int(version.overrides.get("admission_limit", self._queue.admission_limit))
-        submission = Submission(stream=part.work, rate_key=part.rate_key, limit=limit, message=message)
+        submission = Submission(
+            stream=part.work,
+            rate_key=part.rate_key,
+            limit=limit,
+            message=message_encoder.encode(message),
+            quota=Quota.of(caller, self._names),
+            request_id=message.id,
+            ttl_ms=message.ttl_ms,
+        )
         try:
             return await self._bounded(self._producer.submit(submission))
         except Overloaded:
             self._metrics.count_prediction(model=version.model, version=version.version, outcome="overloaded")
+            raise
+        except RateLimited:
+            self._metrics.count_prediction(model=version.model, version=version.version, outcome="rate_limited")
             raise
         except ServiceUnavailable:
             self._metrics.count_prediction(model=version.model, version=version.version, outcome="unavailable")

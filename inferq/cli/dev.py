@@ -13,14 +13,17 @@ import time
 from collections.abc import AsyncIterator
 
 import httpx
+import msgspec
 from sqlalchemy import text
 
 from inferq.cli import demo
+from inferq.cli.keys import DEV_KEY_FILE, dev_key, resolve_pepper
 from inferq.cli.models import cache_locally
 from inferq.cli.output import say
 from inferq.cli.runtime import Runtime, opened
 from inferq.errors import ModelNotFound, ServiceUnavailable
 from inferq.settings import Settings, redacted_url
+from inferq.store.keys import KeyHasher, KeyStore
 
 SEED_LOCK = 0x696E666572710001  # "inferq" + 1: serialises concurrent `inferq dev` seeding
 EXAMPLE_WINE = (
@@ -35,15 +38,18 @@ async def run_dev(settings: Settings, *, exit_after_setup: bool = False) -> int:
 
     ``exit_after_setup``: start everything, check that a prediction is answered over HTTP, stop.
     """
+    settings = resolve_pepper(msgspec.structs.replace(settings, dev=True))
+    assert settings.auth.api_key_pepper is not None
     async with opened(settings, redis=True) as rt:
         await seed_demo_models(rt)
-        env = _child_env(rt)
+        key = await dev_key(settings, KeyStore(rt.sessions, hasher=KeyHasher(settings.auth.api_key_pepper)))
+        env = _child_env(rt, pepper=settings.auth.api_key_pepper)
         base = f"http://{settings.host}:{settings.port}"
         async with _children(env) as children:
             await _wait_ready(base, children)
-            await _print_tour(rt, base)
+            await _print_tour(rt, base, key)
             if exit_after_setup:
-                await _smoke(base)
+                await _smoke(base, key)
                 return 0
             say("inferq dev is running: API, workers, tasks, direct producer 'demo'. Ctrl-C stops everything.")
             return await _wait_for_signal_or_exit(children)
@@ -90,7 +96,7 @@ async def _has_version(rt: Runtime, name: str, version: int) -> bool:
     return any(v.version == version for v in info.versions)
 
 
-def _child_env(rt: Runtime) -> dict[str, str]:
+def _child_env(rt: Runtime, *, pepper: str) -> dict[str, str]:
     """Children use this command's (possibly embedded) servers, and accept the demo producer."""
     env = dict(os.environ)
     env["INFERQ_REDIS_URL"] = rt.services.redis_url or ""
@@ -98,6 +104,7 @@ def _child_env(rt: Runtime) -> dict[str, str]:
     env.setdefault("INFERQ_PRODUCERS", "demo=default")
     env.setdefault("INFERQ_WEBHOOK_ALLOW_PRIVATE", "true")
     env.setdefault("INFERQ_DEV", "true")
+    env["INFERQ_API_KEY_PEPPER"] = pepper
     return env
 
 
@@ -135,9 +142,10 @@ async def _wait_ready(base: str, children: list[asyncio.subprocess.Process], tim
     raise ServiceUnavailable(f"the API at {base} was not ready within {timeout_s:.0f}s")
 
 
-async def _smoke(base: str) -> None:
+async def _smoke(base: str, key: str) -> None:
     """One prediction and one small job over HTTP through the queue: the check behind ``inferq dev --exit``."""
-    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+    headers = {"Authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=30) as client:
         response = await client.post("/v1/models/iris/predict", json={"inputs": [[5.1, 3.5, 1.4, 0.2]]})
         if response.status_code != 200:
             raise ServiceUnavailable(f"smoke prediction answered {response.status_code}: {response.text}")
@@ -152,7 +160,7 @@ async def _smoke(base: str) -> None:
     say(f"smoke test: POST /v1/jobs (3 rows) → {job['status']} {job['counts']}")
 
 
-async def _print_tour(rt: Runtime, base: str) -> None:
+async def _print_tour(rt: Runtime, base: str, key: str) -> None:
     say("\nregistered models:")
     for model in await rt.registry.list_models():
         aliases = ", ".join(f"@{a.name}→{_weights(a.weights)}" for a in model.aliases)
@@ -161,6 +169,8 @@ async def _print_tour(rt: Runtime, base: str) -> None:
     redis, postgres = redacted_url(rt.services.redis_url), redacted_url(rt.services.database_url)
     say(f"\nservices: redis {redis}\n          postgres {postgres}")
     say(f"\nAPI {base}  (docs {base}/schema, metrics {base}/metrics)")
+    say(f"development API key (tenant 'default', every scope; kept in {DEV_KEY_FILE} under the state dir):")
+    say(f"  export INFERQ_API_KEY={key}")
     say("\ntry, in another terminal:")
     for line in _examples(base):
         say(f"  {line}")
@@ -168,7 +178,7 @@ async def _print_tour(rt: Runtime, base: str) -> None:
 
 
 def _examples(base: str) -> list[str]:
-    json_header = "-H 'content-type: application/json'"
+    json_header = "-H 'content-type: application/json' -H \"Authorization: Bearer $INFERQ_API_KEY\""
     iris = json.dumps({"inputs": [[5.1, 3.5, 1.4, 0.2]]})
     wine = json.dumps({"inputs": json.loads(EXAMPLE_WINE)})
     job = json.dumps(
@@ -180,6 +190,7 @@ def _examples(base: str) -> list[str]:
         f"curl -s {base}/v1/models/wine@2/predict {json_header} -d {shlex.quote(wine)}",
         f"curl -s {base}/v2/models/iris/infer {json_header} -d {shlex.quote(v2)}",
         f"curl -s {base}/v1/jobs {json_header} -d {shlex.quote(job)}   # a batch job; then GET /v1/jobs/<id>",
+        ".venv/bin/inferq keys create --tenant acme --scopes predict,jobs   # another tenant's key",
         f".venv/bin/inferq predict wine@prod --input {shlex.quote(EXAMPLE_WINE)}   # in-process, no server",
         ".venv/bin/inferq models show wine",
     ]

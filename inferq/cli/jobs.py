@@ -23,6 +23,7 @@ TERMINAL = ("succeeded", "failed", "canceled", "expired")
 async def submit(
     *,
     url: str,
+    key: str | None,
     file: Path,
     model: str,
     wait: bool,
@@ -33,6 +34,8 @@ async def submit(
     """Submit, optionally wait; exit status 0 when the job (or, without ``--wait``, the submission) succeeded."""
     if not file.is_file():
         raise MalformedRequest(f"no such file: {file}")
+    if not key:
+        raise MalformedRequest("no API key: pass --key or set INFERQ_API_KEY (a key with the 'jobs' scope)")
     fields = {"model": model}
     if webhook:
         fields["webhook"] = json.dumps({"url": webhook})
@@ -40,7 +43,8 @@ async def submit(
         fields["completion_window"] = completion_window
     headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
     content_type = "text/csv" if file.suffix.lower() == ".csv" else "application/jsonl"
-    async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(30.0, read=600.0)) as client:
+    auth = {"Authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(base_url=url, headers=auth, timeout=httpx.Timeout(30.0, read=600.0)) as client:
         with file.open("rb") as handle:
             response = await _call(
                 client, "POST", "/v1/jobs", data=fields, files={"file": (file.name, handle, content_type)},

@@ -57,9 +57,37 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--model", required=True, help="name, name@VERSION or name@ALIAS")
     submit.add_argument("--wait", action="store_true", help="follow the job (progress on stderr) until it ends")
     submit.add_argument("--url", help="the API's base URL (default http://INFERQ_HOST:INFERQ_PORT)")
+    submit.add_argument("--key", help="API key with the 'jobs' scope (default: INFERQ_API_KEY)")
     submit.add_argument("--idempotency-key", help="a retried submission with the same key is the same job")
     submit.add_argument("--webhook", help="URL to notify when the job ends (signed, retried)")
     submit.add_argument("--completion-window", help="the job's deadline: seconds or 30m / 24h / 7d")
+
+    keys = commands.add_parser("keys", help="API keys (Postgres; the server's pepper)").add_subparsers(
+        dest="keys_command", required=True, metavar="SUBCOMMAND"
+    )
+    create = keys.add_parser("create", help="make a key and print it as JSON (its secret is shown only here)")
+    create.add_argument("--tenant", required=True, help="tenant id (created when new)")
+    create.add_argument("--scopes", required=True, help="comma-separated: predict, jobs, admin")
+    create.add_argument("--name", default="", help="what the key is for")
+    create.add_argument("--expires-in", help="the key expires after: seconds or 30m / 24h / 90d")
+    listing = keys.add_parser("list", help="keys as JSON (never their secrets)")
+    listing.add_argument("--tenant", help="one tenant's keys")
+    revoke = keys.add_parser("revoke", help="revoke a key now (refused everywhere within INFERQ_KEY_CACHE_S)")
+    revoke.add_argument("id", help="the key's id (the 16 hex after iq_)")
+    rotate = keys.add_parser("rotate", help="a new key like this one; the old one works for --grace more")
+    rotate.add_argument("id", help="the key's id")
+    rotate.add_argument("--grace", default="24h", help="how long the old key keeps working (default 24h)")
+    tenants = commands.add_parser("tenants", help="tenants' limits").add_subparsers(
+        dest="tenants_command", required=True, metavar="SUBCOMMAND"
+    )
+    limits = tenants.add_parser("limits", help="show a tenant's limits, or set them (per API key)")
+    limits.add_argument("tenant")
+    limits.add_argument("--rate-per-s", type=float, help="sustained requests per second")
+    limits.add_argument("--burst", type=int, help="requests at once above the rate")
+    limits.add_argument("--concurrency", type=int, help="predictions in flight")
+    limits.add_argument("--max-rows", type=int, help="rows per prediction request")
+    limits.add_argument("--max-elements", type=int, help="values per prediction request")
+    limits.add_argument("--reset", action="store_true", help="back to the server's defaults (then apply the rest)")
 
     redis = commands.add_parser("redis", help="Redis configuration").add_subparsers(
         dest="redis_command", required=True, metavar="SUBCOMMAND"
@@ -157,6 +185,7 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
         return await submit(
             url=args.url or f"http://{settings.host}:{settings.port}",
+            key=args.key or settings.api_key,
             file=Path(args.file),
             model=args.model,
             wait=args.wait,
@@ -164,6 +193,27 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
             webhook=args.webhook,
             completion_window=args.completion_window,
         )
+    if args.command == "keys":
+        from inferq.cli import keys as key_commands
+
+        if args.keys_command == "create":
+            return await key_commands.create_key(
+                settings,
+                tenant=args.tenant,
+                scopes=_split(args.scopes) or [],
+                name=args.name,
+                expires_in=args.expires_in,
+            )
+        if args.keys_command == "list":
+            return await key_commands.list_keys(settings, tenant=args.tenant)
+        if args.keys_command == "revoke":
+            return await key_commands.revoke_key(settings, key_id=args.id)
+        return await key_commands.rotate_key(settings, key_id=args.id, grace=args.grace)
+    if args.command == "tenants":
+        from inferq.cli.keys import tenant_limits
+
+        changes = {f: getattr(args, f) for f in ("rate_per_s", "burst", "concurrency", "max_rows", "max_elements")}
+        return await tenant_limits(settings, tenant=args.tenant, changes=changes, reset=args.reset)
     if args.command == "predict":
         from inferq.cli.predict import predict
 

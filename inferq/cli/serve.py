@@ -33,6 +33,7 @@ from uvicorn.config import STARTUP_FAILURE
 
 from inferq.api import FastPredict, begin_drain, create_app
 from inferq.api.protocol import CorkedHttpToolsProtocol
+from inferq.cli.keys import resolve_pepper
 from inferq.cli.runtime import prepare_database, require_safe_redis
 from inferq.embedded import started_services
 from inferq.observability.logs import configure_logging
@@ -88,6 +89,7 @@ def run_serve(settings: Settings, *, host: str | None, port: int | None, process
     configure_logging(settings.log_level)
     host, port = host or settings.host, port or settings.port
     embedded_db = settings.services.database_url is None
+    settings = resolve_pepper(settings)  # before anything starts: a missing pepper is a refusal
     with started_services(settings.services, redis=True) as services:
         asyncio.run(_prepare(settings, services, embedded_db=embedded_db))
         resolved = msgspec.structs.replace(settings, services=services)

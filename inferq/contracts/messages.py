@@ -53,6 +53,7 @@ class InferRequest(msgspec.Struct, frozen=True, kw_only=True, tag="infer.v1", ta
     correlation_id: str = ""
     reply: Reply | None = None
     job: JobChunkRef | None = None
+    key_id: str = ""  # the API key it counts against: the worker frees its in-flight slot with the result
 
 
 class Timings(msgspec.Struct, frozen=True, kw_only=True):
@@ -76,6 +77,7 @@ class InferResult(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True,
     error: ErrorInfo | None = None
     timings: Timings | None = None
     correlation_id: str = ""
+    key_id: str = ""  # the API key whose in-flight slot the stored result frees (internal; never in a response)
 
 
 class Pending(msgspec.Struct, frozen=True, kw_only=True, tag="pending.v1", tag_field="kind"):

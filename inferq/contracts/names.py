@@ -48,6 +48,14 @@ class Names:
         """Pub/sub channel of one API instance."""
         return f"{self.prefix}:reply:{instance}"
 
+    def quota(self, key_id: str) -> str:
+        """An API key's rate-limit state (GCRA: its theoretical arrival time)."""
+        return f"{self.prefix}:quota:{key_id}"
+
+    def in_flight(self, key_id: str) -> str:
+        """An API key's predictions in flight (sorted set: request id → deadline)."""
+        return f"{self.prefix}:inflight:{key_id}"
+
     def ingress_stream(self, producer: str) -> str:
         return f"{self.prefix}:ingress:{producer}"
 

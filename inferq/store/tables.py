@@ -48,11 +48,13 @@ def _created_at() -> Mapped[dt.datetime]:
 
 
 class TenantRow(Base):
-    """Who owns requests, jobs and keys; the migration seeds ``default``."""
+    """Who owns requests, jobs and keys; the migration seeds ``default``. ``limits``: a
+    ``contracts.auth.TenantLimits`` (empty = the server's defaults)."""
 
     __tablename__ = "tenants"
     id: Mapped[str] = mapped_column(Text, primary_key=True)
     name: Mapped[str] = mapped_column(Text)
+    limits: Mapped[dict[str, Any]] = mapped_column(server_default="{}")
     created_at: Mapped[dt.datetime] = _created_at()
 
 
@@ -276,3 +278,22 @@ class SecretRow(Base):
     previous_secret: Mapped[str | None] = mapped_column(Text)
     previous_until: Mapped[dt.datetime | None]
     rotated_at: Mapped[dt.datetime] = _created_at()
+
+
+class ApiKeyRow(Base):
+    """An API key: looked up by ``id``; the secret only as HMAC-SHA256 under the server's pepper."""
+
+    __tablename__ = "api_keys"
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(Text, ForeignKey("tenants.id"), index=True)
+    name: Mapped[str] = mapped_column(Text, server_default="")
+    scopes: Mapped[list[str]] = mapped_column(ARRAY(Text))
+    secret_hash: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[dt.datetime] = _created_at()
+    expires_at: Mapped[dt.datetime | None] = mapped_column()
+    revoked_at: Mapped[dt.datetime | None] = mapped_column()
+    __table_args__ = (
+        CheckConstraint("id ~ '^[0-9a-f]{16}$'", name="id_hex"),
+        CheckConstraint("cardinality(scopes) > 0 AND scopes <@ ARRAY['predict', 'jobs', 'admin']", name="scopes"),
+        CheckConstraint("octet_length(secret_hash) = 32", name="hash_length"),
+    )

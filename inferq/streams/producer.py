@@ -1,7 +1,9 @@
 """Enqueue with atomic admission: one Lua call checks ``XLEN < limit`` and XADDs, or rejects.
 
-Concurrent submissions in one event-loop turn are coalesced into one pipeline (one round trip):
-the client library, not Redis, is the producer's ceiling (research/performance.md).
+With a caller's :class:`Quota`, the same call also checks and spends its API key's rate and
+in-flight quota (``streams.quotas``): admission, quotas and the XADD are one atomic step and one
+round trip. Concurrent submissions in one event-loop turn are coalesced into one pipeline: the
+client library, not Redis, is the producer's ceiling (research/performance.md).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import redis.asyncio as aioredis
 
 from inferq.errors import Overloaded, ServiceUnavailable
 from inferq.streams.connection import UNAVAILABLE
+from inferq.streams.quotas import ADMIT_WITH_QUOTA, Quota
 
 # KEYS[1] stream, KEYS[2] drain-rate key; ARGV[1] limit, ARGV[2] message.
 # Returns the entry id, or {backlog, drain rate (rows/s, as written by workers)} on rejection.
@@ -32,6 +35,9 @@ class Submission:
     rate_key: str
     limit: int
     message: bytes
+    quota: Quota | None = None
+    request_id: str = ""  # with a quota: the member of the key's in-flight set
+    ttl_ms: int = 0  # with a quota: how long that member counts at most
 
 
 class Producer:
@@ -80,7 +86,13 @@ class Producer:
         # flush, and EVALSHA fails with NOSCRIPT after a Redis restart. Redis caches it by hash anyway.
         pipe = self._redis.pipeline(transaction=False)
         for sub, _ in batch:
-            pipe.eval(ADMIT, 2, sub.stream, sub.rate_key, sub.limit, sub.message)  # type: ignore[arg-type]
+            if sub.quota is None:
+                pipe.eval(ADMIT, 2, sub.stream, sub.rate_key, sub.limit, sub.message)  # type: ignore[arg-type]
+            else:
+                q = sub.quota
+                keys = (sub.stream, sub.rate_key, q.quota_key, q.in_flight_key)
+                args = (str(q.interval_ms), str(q.burst), str(q.concurrency), sub.request_id, str(sub.ttl_ms))
+                pipe.eval(ADMIT_WITH_QUOTA, 4, *keys, str(sub.limit), sub.message, *args)  # type: ignore[arg-type]
         try:
             replies = await pipe.execute(raise_on_error=False)
         except UNAVAILABLE as exc:
@@ -95,9 +107,21 @@ class Producer:
             if isinstance(reply, bytes):
                 future.set_result(reply.decode())
             elif isinstance(reply, list):
-                future.set_exception(_overloaded(sub, backlog=int(reply[0]), rate=float(reply[1])))
+                future.set_exception(_rejection(sub, reply))
             else:
                 future.set_exception(ServiceUnavailable(f"redis refused the enqueue: {reply}"))
+
+
+def _rejection(sub: Submission, reply: list[object]) -> Exception:
+    """What a rejecting admission script returned: ``{backlog, rate}``, or ``{reason, …}`` with a quota."""
+    if sub.quota is None:
+        return _overloaded(sub, backlog=int(reply[0]), rate=float(reply[1]))  # type: ignore[call-overload, arg-type]
+    reason = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
+    if reason == "rate":
+        return sub.quota.rate_limited(float(reply[1]))  # type: ignore[arg-type]
+    if reason == "concurrency":
+        return sub.quota.saturated(float(reply[1]))  # type: ignore[arg-type]
+    return _overloaded(sub, backlog=int(reply[1]), rate=float(reply[2]))  # type: ignore[call-overload, arg-type]
 
 
 def _overloaded(sub: Submission, *, backlog: int, rate: float) -> Overloaded:

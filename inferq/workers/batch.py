@@ -100,6 +100,7 @@ def finish(
         error=ErrorInfo.from_exception(error) if error is not None else None,
         timings=Timings(queue_ms=work.queue_ms, inference_ms=inference_ms, batch_rows=batch_rows),
         correlation_id=request.correlation_id,
+        key_id=request.key_id,
         predictions=predictions,
         tensors=tensors,
     )

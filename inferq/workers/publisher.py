@@ -97,3 +97,5 @@ class Publisher:
             stream=stream,
             stream_max_len=REPLY_STREAM_MAX_LEN,
         )
+        if result.key_id:  # the caller's API key gets its in-flight slot back (streams/quotas.py)
+            pipe.zrem(self._names.in_flight(result.key_id), result.id)

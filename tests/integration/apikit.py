@@ -18,12 +18,15 @@ from litestar import Litestar
 
 from inferq.api import FastPredict, create_app
 from inferq.api.service import PredictionService
+from inferq.contracts.auth import SCOPES, Scope, TenantLimits
 from inferq.contracts.messages import InferRequest, InferResult, Timings, request_decoder
 from inferq.contracts.models import ModelSignature, TensorSpec
 from inferq.contracts.names import Names
 from inferq.contracts.predictions import Prediction
+from inferq.errors import ServiceUnavailable
 from inferq.inputs import decode_tensors
 from inferq.settings import Settings
+from inferq.store.keys import KeyStore
 from inferq.streams.consumer import Entry, ack, ensure_groups, read
 from inferq.streams.partition import Partition
 from inferq.streams.producer import enqueued_ms
@@ -68,8 +71,22 @@ class Api:
     """A running app and an HTTP client bound to it (same event loop, no sockets)."""
 
     app: Litestar
-    client: httpx.AsyncClient
+    client: httpx.AsyncClient  # sends ``key`` (tenant ``default``, every scope)
     settings: Settings
+    key: str
+
+    async def key_for(self, tenant: str, *scopes: Scope, **limits: Any) -> str:
+        """A new key for ``tenant`` with ``scopes`` (all when none); ``limits``: the tenant's own."""
+        keys: KeyStore = self.app.state.services.keys
+        if limits:
+            await keys.set_limits(tenant, TenantLimits(**limits))
+        return (await keys.create(tenant=tenant, scopes=scopes or SCOPES)).key
+
+    def as_key(self, key: str) -> httpx.AsyncClient:
+        """Another client on the same app, sending ``key`` (close it, or use ``async with``)."""
+        return httpx.AsyncClient(
+            transport=self.client._transport, base_url="http://api", timeout=30, headers=bearer(key)
+        )
 
     @property
     def service(self) -> PredictionService:
@@ -93,13 +110,26 @@ async def running(settings: Settings) -> AsyncIterator[Api]:
     second request would see the first one's body.
     """
     app = create_app(settings)
-    async with (
-        LifespanManager(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=FastPredict(app)), base_url="http://api", timeout=30
-        ) as client,
-    ):
-        yield Api(app=app, client=client, settings=settings)
+    async with LifespanManager(app):
+        key = await _default_key(app)
+        transport = httpx.ASGITransport(app=FastPredict(app))
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://api", timeout=30, headers=bearer(key)
+        ) as client:
+            yield Api(app=app, client=client, settings=settings, key=key)
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+async def _default_key(app: Litestar) -> str:
+    """A key for the ``default`` tenant with every scope (one per app; the database outlives it)."""
+    services = app.state.services
+    try:
+        return (await services.keys.create(tenant="default", scopes=SCOPES, name="tests")).key
+    except ServiceUnavailable:  # tests of a down Postgres: requests fail before any key is checked
+        return "iq_" + "0" * 16 + "_" + "0" * 48
 
 
 Answer = Callable[[InferRequest, Entry], InferResult]

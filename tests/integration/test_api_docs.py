@@ -43,6 +43,10 @@ ROUTES = {
     "/v1/jobs/{job_id}/webhooks/{delivery_id}/replay": "post",
     "/v1/webhooks/secret": "get",
     "/v1/webhooks/secret/rotate": "post",
+    "/v1/admin/keys": "get,post",
+    "/v1/admin/keys/{key_id}": "delete",
+    "/v1/admin/keys/{key_id}/rotate": "post",
+    "/v1/admin/tenants/{tenant}/limits": "get,put",
 }
 
 

@@ -271,7 +271,8 @@ async def declared_too_large(api: Api) -> int:
         "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
         "path": "/v1/jobs", "raw_path": b"/v1/jobs", "query_string": b"", "root_path": "", "client": ("t", 1),
         "server": ("api", 80), "state": {},
-        "headers": [(b"content-type", b"multipart/form-data; boundary=b"), (b"content-length", b"202000000")],
+        "headers": [(b"content-type", b"multipart/form-data; boundary=b"), (b"content-length", b"202000000"),
+                    (b"authorization", f"Bearer {api.key}".encode())],
     }  # fmt: skip
     await api.app(scope, receive, send)  # type: ignore[arg-type]
     assert reads == 0

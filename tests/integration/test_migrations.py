@@ -19,13 +19,14 @@ pytestmark = pytest.mark.integration
 REGISTRY_TABLES = {"tenants", "models", "model_versions", "model_aliases", "artifacts", "artifact_chunks"}
 JOB_TABLES = {"jobs", "job_chunks", "job_events", "webhook_deliveries", "webhook_attempts", "webhook_endpoints",
               "webhook_secrets"}  # fmt: skip
+AUTH_TABLES = {"api_keys"}
 
 
 async def test_upgrade_from_empty_creates_every_table_at_head(migrated_db: str, engine: AsyncEngine) -> None:
     async with engine.connect() as conn:
         tables = set(await conn.run_sync(lambda c: inspect(c).get_table_names()))
-    assert tables == REGISTRY_TABLES | JOB_TABLES | {"alembic_version"}
-    assert await current(migrated_db) == head() == "0002"
+    assert tables == REGISTRY_TABLES | JOB_TABLES | AUTH_TABLES | {"alembic_version"}
+    assert await current(migrated_db) == head() == "0003"
 
 
 async def test_second_upgrade_changes_nothing(migrated_db: str, engine: AsyncEngine) -> None:

@@ -12,9 +12,10 @@ from inferq.api.headers import CallLimits
 from inferq.api.metrics import Metrics
 from inferq.api.protocol import CorkedTransport
 from inferq.api.service import Answer, PredictCall
+from inferq.contracts.auth import Limits, Principal, Scope
 from inferq.contracts.messages import InferResult
 from inferq.contracts.predictions import Prediction
-from inferq.errors import Overloaded
+from inferq.errors import Overloaded, Unauthenticated
 
 
 class FakeService:
@@ -33,13 +34,32 @@ class FakeService:
         return Answer("r1", "wine", 2, result, 1.5)
 
 
+LIMITS = Limits(rate_per_s=10, burst=10, concurrency=10, max_rows=10, max_elements=100)
+
+
+class FakeAuth:
+    """Accepts ``Bearer good`` (scopes from ``scopes``), refuses anything else as the real one does."""
+
+    def __init__(self, scopes: frozenset[Scope] = frozenset({"predict"})) -> None:
+        self.scopes = scopes
+
+    async def authenticate(self, headers: Any, address: str) -> Principal:
+        if (b"authorization", b"Bearer good") not in headers:
+            raise Unauthenticated("invalid, revoked or expired API key")
+        return Principal(key_id="k" * 16, tenant="acme", scopes=self.scopes, limits=LIMITS)
+
+
+GOOD = (b"authorization", b"Bearer good")
+
+
 class FakeApp:
     """Stands in for the Litestar app: records what it was handed."""
 
     request_max_body_size = 64
 
-    def __init__(self, service: FakeService) -> None:
-        self.state = SimpleNamespace(metrics=Metrics(), get=lambda key: SimpleNamespace(predictions=service))
+    def __init__(self, service: FakeService, auth: FakeAuth | None = None) -> None:
+        services = SimpleNamespace(predictions=service, auth=auth or FakeAuth())
+        self.state = SimpleNamespace(metrics=Metrics(), get=lambda key: services)
         self.bodies: list[bytes] = []
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
@@ -54,7 +74,11 @@ class FakeApp:
 
 
 async def call(app: FastPredict, path: str, chunks: list[bytes], headers: list[Any] | None = None) -> list[Any]:
-    scope = {"type": "http", "method": "POST", "path": path, "headers": headers or []}
+    """``headers`` (plus the good key unless they carry an Authorization of their own)."""
+    headers = list(headers or [])
+    if not any(name == b"authorization" for name, _ in headers):
+        headers.append(GOOD)
+    scope = {"type": "http", "method": "POST", "path": path, "headers": headers}
     pending = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)]
     sent: list[Any] = []
 
@@ -151,3 +175,23 @@ async def test_corked_transport_writes_once_per_loop_turn_and_flushes_on_close()
     assert raw.writes[-1] == b"last"
     assert raw.closed
     assert corked.get_extra_info("peername") == "info:peername"
+
+
+async def test_the_hot_route_authenticates_like_the_guarded_one() -> None:
+    service = FakeService()
+    missing = await call(FastPredict(FakeApp(service)), "/v1/models/wine/predict", [b'{"inputs": [[1, 2]]}'],
+                         headers=[(b"authorization", b"Bearer bad")])  # fmt: skip
+    jobs_only = FakeApp(service, FakeAuth(frozenset({"jobs"})))
+    forbidden = await call(FastPredict(jobs_only), "/v1/models/wine/predict", [b'{"inputs": [[1, 2]]}'])
+    assert service.calls == []  # nothing reached the service
+    assert missing[0]["status"] == 401
+    assert (b"www-authenticate", b'Bearer realm="inferq"') in missing[0]["headers"]
+    assert json.loads(missing[1]["body"])["code"] == "unauthenticated"
+    assert forbidden[0]["status"] == 403
+    assert json.loads(forbidden[1]["body"])["code"] == "forbidden"
+
+
+async def test_the_caller_reaches_the_service_with_its_tenant_and_key() -> None:
+    service = FakeService()
+    await call(FastPredict(FakeApp(service)), "/v1/models/wine/predict", [b'{"inputs": [[1, 2]]}'])
+    assert (service.calls[0].principal.tenant, service.calls[0].principal.key_id) == ("acme", "k" * 16)

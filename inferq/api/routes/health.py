@@ -15,12 +15,12 @@ from inferq.errors import InferqError
 from inferq.streams.backlog import Backlog
 
 
-@get("/health/live", summary="The process is up", tags=["health"])
+@get("/health/live", summary="The process is up", tags=["health"], security=[])
 async def health_live() -> HealthReport:
     return HealthReport(status="ok")
 
 
-@get("/health/ready", summary="Redis and Postgres answer (503 when either does not)", tags=["health"])
+@get("/health/ready", summary="Redis and Postgres answer (503 when either does not)", tags=["health"], security=[])
 async def health_ready(health: NamedDependency[HealthChecks]) -> Response[HealthReport]:
     report = await health.ready()
     return Response(report, status_code=200 if report.status == "ok" else 503)
@@ -32,6 +32,7 @@ async def health_ready(health: NamedDependency[HealthChecks]) -> Response[Health
     description="`total` is the sum of `backlog` and `pending` over every partition: the value KEDA's "
     "metrics-api scaler reads (`valueLocation: total`) to scale the `worker --all` pool. Cached for 1 s.",
     tags=["health"],
+    security=[],
 )
 async def health_backlog(models: NamedDependency[ModelDirectory]) -> Backlog:
     return await models.backlog()

@@ -14,9 +14,9 @@ from litestar.params import FromPath, FromQuery
 from litestar.response import Response, ServerSentEvent, Stream
 from litestar.response.sse import ServerSentEventMessage
 
+from inferq.api.guards import guard, principal_of
 from inferq.api.jobs import JobService, Submission, WebhookSecret, inline_rows, spooled, upload_rows
 from inferq.api.multipart import form_boundary, read_form
-from inferq.api.service import DEFAULT_TENANT
 from inferq.contracts.deliveries import DeliveryView
 from inferq.contracts.jobs import (
     JobCreateBody,
@@ -38,13 +38,14 @@ _DOC = (
     "`Idempotency-Key` and body, 200 with the existing job; with another body, 409."
 )
 FORM_OVERHEAD = 1024 * 1024  # a multipart body may exceed the file limit by its fields and part headers
+_JOBS = [guard("jobs")]
 _body = msgspec.json.Decoder(JobCreateBody)
 _webhook = msgspec.json.Decoder(WebhookSpec)
 _metadata = msgspec.json.Decoder(Metadata)
 _line = msgspec.json.Encoder()
 
 
-@post("/v1/jobs", status_code=202, summary="Submit a batch job", description=_DOC, tags=["jobs"],
+@post("/v1/jobs", guards=_JOBS, status_code=202, summary="Submit a batch job", description=_DOC, tags=["jobs"],
       request_max_body_size=None)  # fmt: skip
 async def submit_job(request: Request[Any, Any, Any], jobs: NamedDependency[JobService]) -> Response[JobView]:
     key = request.headers.get("idempotency-key")
@@ -83,7 +84,7 @@ async def _inline(request: Request[Any, Any, Any], *, key: str | None, correlati
     except RecursionError:
         raise MalformedRequest("the job body is nested too deeply") from None
     return Submission(
-        tenant=DEFAULT_TENANT,
+        tenant=_tenant(request),
         model=data.model,
         rows=inline_rows(data.inputs, data.custom_ids),
         webhook=data.webhook,
@@ -114,7 +115,7 @@ async def _upload(
     columns = version.signature.feature_names if fmt == "csv" else None
     rows = upload_rows(chunks, fmt=fmt, max_bytes=limit, max_rows=jobs.settings.max_job_rows, columns=columns)
     return Submission(
-        tenant=DEFAULT_TENANT,
+        tenant=_tenant(request),
         model=fields["model"],
         rows=rows,
         webhook=_decode_field(_webhook, fields, "webhook"),
@@ -127,13 +128,14 @@ async def _upload(
     )
 
 
-@get("/v1/jobs/{job_id:str}", summary="A job: status, counts, progress, timestamps", tags=["jobs"])
-async def get_job(job_id: FromPath[str], jobs: NamedDependency[JobService]) -> JobView:
-    return (await jobs.get(DEFAULT_TENANT, job_id)).view()
+@get("/v1/jobs/{job_id:str}", guards=_JOBS, summary="A job: status, counts, progress, timestamps", tags=["jobs"])
+async def get_job(request: Request[Any, Any, Any], job_id: FromPath[str], jobs: NamedDependency[JobService]) -> JobView:
+    return (await jobs.get(_tenant(request), job_id)).view()
 
 
-@get("/v1/jobs", summary="Jobs, newest first (cursor-paged)", tags=["jobs"])
+@get("/v1/jobs", guards=_JOBS, summary="Jobs, newest first (cursor-paged)", tags=["jobs"])
 async def list_jobs(
+    request: Request[Any, Any, Any],
     jobs: NamedDependency[JobService],
     status: FromQuery[JobStatus | None] = None,
     model: FromQuery[str | None] = None,
@@ -143,7 +145,7 @@ async def list_jobs(
     limit: FromQuery[int] = 50,
 ) -> JobPage:
     records, following = await jobs.list(
-        DEFAULT_TENANT,
+        _tenant(request),
         status=status,
         model=model,
         created_after=created_after,
@@ -154,40 +156,51 @@ async def list_jobs(
     return JobPage(data=tuple(r.view() for r in records), next_cursor=following)
 
 
-@post("/v1/jobs/{job_id:str}/cancel", status_code=200, summary="Cancel: queued rows skipped, results kept",
-      tags=["jobs"])  # fmt: skip
-async def cancel_job(job_id: FromPath[str], jobs: NamedDependency[JobService]) -> JobView:
-    return (await jobs.cancel(DEFAULT_TENANT, job_id)).view()
+@post("/v1/jobs/{job_id:str}/cancel", guards=_JOBS, status_code=200,
+      summary="Cancel: queued rows skipped, results kept", tags=["jobs"])  # fmt: skip
+async def cancel_job(
+    request: Request[Any, Any, Any], job_id: FromPath[str], jobs: NamedDependency[JobService]
+) -> JobView:
+    return (await jobs.cancel(_tenant(request), job_id)).view()
 
 
-@get("/v1/jobs/{job_id:str}/results", summary="Row results, cursor-paged (status: all|succeeded|failed)",
+@get("/v1/jobs/{job_id:str}/results", guards=_JOBS, summary="Row results, cursor-paged (status: all|succeeded|failed)",
      tags=["jobs"])  # fmt: skip
 async def job_results(
+    request: Request[Any, Any, Any],
     job_id: FromPath[str],
     jobs: NamedDependency[JobService],
     cursor: FromQuery[str | None] = None,
     limit: FromQuery[int] = 100,
     status: FromQuery[ResultFilter] = "all",
 ) -> ResultPage:
-    return await jobs.results_page(DEFAULT_TENANT, job_id, cursor=cursor, limit=limit, which=status)
+    return await jobs.results_page(_tenant(request), job_id, cursor=cursor, limit=limit, which=status)
 
 
-@get("/v1/jobs/{job_id:str}/results.jsonl", summary="Succeeded rows as JSON Lines (streamed)", tags=["jobs"],
+@get("/v1/jobs/{job_id:str}/results.jsonl", guards=_JOBS, summary="Succeeded rows as JSON Lines (streamed)",
+     tags=["jobs"], media_type="application/jsonl")  # fmt: skip
+async def results_jsonl(
+    request: Request[Any, Any, Any], job_id: FromPath[str], jobs: NamedDependency[JobService]
+) -> Stream:
+    return Stream(
+        _jsonl(await jobs.results(_tenant(request), job_id, which="succeeded")), media_type="application/jsonl"
+    )
+
+
+@get("/v1/jobs/{job_id:str}/errors.jsonl", guards=_JOBS, summary="Failed rows as JSON Lines (streamed)", tags=["jobs"],
      media_type="application/jsonl")  # fmt: skip
-async def results_jsonl(job_id: FromPath[str], jobs: NamedDependency[JobService]) -> Stream:
-    return Stream(_jsonl(await jobs.results(DEFAULT_TENANT, job_id, which="succeeded")), media_type="application/jsonl")
+async def errors_jsonl(
+    request: Request[Any, Any, Any], job_id: FromPath[str], jobs: NamedDependency[JobService]
+) -> Stream:
+    return Stream(_jsonl(await jobs.results(_tenant(request), job_id, which="failed")), media_type="application/jsonl")
 
 
-@get("/v1/jobs/{job_id:str}/errors.jsonl", summary="Failed rows as JSON Lines (streamed)", tags=["jobs"],
-     media_type="application/jsonl")  # fmt: skip
-async def errors_jsonl(job_id: FromPath[str], jobs: NamedDependency[JobService]) -> Stream:
-    return Stream(_jsonl(await jobs.results(DEFAULT_TENANT, job_id, which="failed")), media_type="application/jsonl")
-
-
-@get("/v1/jobs/{job_id:str}/events", summary="Server-Sent Events: the job at every change, until terminal",
-     tags=["jobs"])  # fmt: skip
-async def job_events(job_id: FromPath[str], jobs: NamedDependency[JobService]) -> ServerSentEvent:
-    updates = jobs.watch(DEFAULT_TENANT, job_id)
+@get("/v1/jobs/{job_id:str}/events", guards=_JOBS,
+     summary="Server-Sent Events: the job at every change, until terminal", tags=["jobs"])  # fmt: skip
+async def job_events(
+    request: Request[Any, Any, Any], job_id: FromPath[str], jobs: NamedDependency[JobService]
+) -> ServerSentEvent:
+    updates = jobs.watch(_tenant(request), job_id)
     first = await anext(updates)  # an unknown job is a 404 here, before the stream starts
 
     async def events() -> AsyncIterator[ServerSentEventMessage]:
@@ -199,29 +212,44 @@ async def job_events(job_id: FromPath[str], jobs: NamedDependency[JobService]) -
     return ServerSentEvent(events())
 
 
-@get("/v1/jobs/{job_id:str}/webhooks", summary="The job's webhook deliveries and their attempts", tags=["jobs"])
-async def job_webhooks(job_id: FromPath[str], jobs: NamedDependency[JobService]) -> list[DeliveryView]:
-    return await jobs.webhook_log(DEFAULT_TENANT, job_id)
+@get(
+    "/v1/jobs/{job_id:str}/webhooks",
+    guards=_JOBS,
+    summary="The job's webhook deliveries and their attempts",
+    tags=["jobs"],
+)
+async def job_webhooks(
+    request: Request[Any, Any, Any], job_id: FromPath[str], jobs: NamedDependency[JobService]
+) -> list[DeliveryView]:
+    return await jobs.webhook_log(_tenant(request), job_id)
 
 
-@post("/v1/jobs/{job_id:str}/webhooks/{delivery_id:str}/replay", status_code=202,
+@post("/v1/jobs/{job_id:str}/webhooks/{delivery_id:str}/replay", guards=_JOBS, status_code=202,
       summary="Deliver a webhook event again (a new series of attempts, same webhook-id)", tags=["jobs"])  # fmt: skip
 async def replay_webhook(
-    job_id: FromPath[str], delivery_id: FromPath[str], jobs: NamedDependency[JobService]
+    request: Request[Any, Any, Any],
+    job_id: FromPath[str],
+    delivery_id: FromPath[str],
+    jobs: NamedDependency[JobService],
 ) -> DeliveryView:
-    return await jobs.replay_webhook(DEFAULT_TENANT, job_id, delivery_id)
+    return await jobs.replay_webhook(_tenant(request), job_id, delivery_id)
 
 
-@get("/v1/webhooks/secret", summary="This tenant's webhook signing secret (whsec_…), made on first use",
+@get("/v1/webhooks/secret", guards=_JOBS, summary="This tenant's webhook signing secret (whsec_…), made on first use",
      tags=["webhooks"])  # fmt: skip
-async def webhook_secret(jobs: NamedDependency[JobService]) -> WebhookSecret:
-    return await jobs.webhook_secret(DEFAULT_TENANT, rotate=False)
+async def webhook_secret(request: Request[Any, Any, Any], jobs: NamedDependency[JobService]) -> WebhookSecret:
+    return await jobs.webhook_secret(_tenant(request), rotate=False)
 
 
-@post("/v1/webhooks/secret/rotate", status_code=200, tags=["webhooks"],
+@post("/v1/webhooks/secret/rotate", guards=_JOBS, status_code=200, tags=["webhooks"],
       summary="A new signing secret; the previous one keeps signing alongside it for a day")  # fmt: skip
-async def rotate_webhook_secret(jobs: NamedDependency[JobService]) -> WebhookSecret:
-    return await jobs.webhook_secret(DEFAULT_TENANT, rotate=True)
+async def rotate_webhook_secret(request: Request[Any, Any, Any], jobs: NamedDependency[JobService]) -> WebhookSecret:
+    return await jobs.webhook_secret(_tenant(request), rotate=True)
+
+
+def _tenant(request: Request[Any, Any, Any]) -> str:
+    """The authenticated caller's tenant: every job lookup is scoped by it (another's job is a 404)."""
+    return principal_of(request.scope).tenant
 
 
 def _event(record: Any) -> ServerSentEventMessage:

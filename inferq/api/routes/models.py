@@ -7,14 +7,25 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath
 
 from inferq.api.directory import ModelDirectory
+from inferq.api.guards import guard
 from inferq.contracts.http import ModelList, ModelView
 
 
-@get("/v1/models", summary="Every model with its versions, aliases and readiness", tags=["models"])
+@get(
+    "/v1/models",
+    summary="Every model with its versions, aliases and readiness",
+    tags=["models"],
+    guards=[guard("predict", "jobs", "admin")],
+)
 async def list_models(models: NamedDependency[ModelDirectory]) -> ModelList:
     return await models.list_models()
 
 
-@get("/v1/models/{model:str}", summary="One model: versions, signatures, aliases, readiness", tags=["models"])
+@get(
+    "/v1/models/{model:str}",
+    summary="One model: versions, signatures, aliases, readiness",
+    tags=["models"],
+    guards=[guard("predict", "jobs", "admin")],
+)
 async def get_model(model: FromPath[str], models: NamedDependency[ModelDirectory]) -> ModelView:
     return await models.get_model(model)

@@ -12,6 +12,7 @@ from litestar.params import FromPath, JSONBody
 from litestar.response import Response
 
 from inferq.api.access import correlation_id
+from inferq.api.guards import guard, principal_of
 from inferq.api.service import Answer, PredictCall, PredictionService, Tracked
 from inferq.contracts.http import PredictBody, PredictionResponse, Problem, ResponseTimings
 from inferq.contracts.messages import InferResult
@@ -22,9 +23,12 @@ _PROBLEMS = {
     status: ResponseSpec(data_container=Problem, description=text, media_type="application/problem+json")
     for status, text in (
         (400, "Malformed body or header (malformed_request)"),
+        (401, "Missing, malformed, unknown, revoked or expired API key (unauthenticated)"),
+        (403, "The API key lacks the 'predict' scope (forbidden)"),
         (404, "Unknown model, version or alias"),
         (413, "Body too large (payload_too_large)"),
-        (422, "Inputs do not fit the model's signature (invalid_input)"),
+        (422, "Inputs do not fit the model's signature, or exceed the key's row/element caps (invalid_input)"),
+        (429, "The API key's rate or in-flight quota is spent (rate_limited); see Retry-After, RateLimit-*"),
         (503, "Partition full (overloaded) or Redis unavailable (service_unavailable); see Retry-After"),
         (504, "The deadline passed before the prediction started (deadline_exceeded)"),
     )
@@ -47,6 +51,7 @@ _PREDICT_DOC = (
     description=_PREDICT_DOC,
     responses=_PREDICT_RESPONSES,
     tags=["predictions"],
+    guards=[guard("predict", counted=False)],  # the quota is spent in the admission script
 )
 async def predict(
     model: FromPath[str],
@@ -64,6 +69,7 @@ async def predict(
     description=_PREDICT_DOC,
     responses=_PREDICT_RESPONSES,
     tags=["predictions"],
+    guards=[guard("predict", counted=False)],
 )
 async def predict_version(
     model: FromPath[str],
@@ -83,13 +89,15 @@ async def predict_version(
 @get(
     "/v1/predictions/{prediction_id:str}",
     summary="A prediction's state and, once finished, its result",
-    responses={404: _PROBLEMS[404], 503: _PROBLEMS[503]},
+    responses={status: _PROBLEMS[status] for status in (401, 403, 404, 429, 503)},
     tags=["predictions"],
+    guards=[guard("predict")],
 )
 async def get_prediction(
-    prediction_id: FromPath[str], predictions: NamedDependency[PredictionService]
+    prediction_id: FromPath[str], request: Request[Any, Any, Any], predictions: NamedDependency[PredictionService]
 ) -> PredictionResponse:
-    return _tracked_body(await predictions.get_prediction(prediction_id))
+    tenant = principal_of(request.scope).tenant  # another tenant's id is a 404
+    return _tracked_body(await predictions.get_prediction(prediction_id, tenant=tenant))
 
 
 async def _predict(
@@ -100,7 +108,12 @@ async def _predict(
     hold = service.limits.hold(prefer)
     ttl_ms = service.limits.ttl_ms(cancel_after)
     call = PredictCall(
-        ref=ref, inputs=data.inputs, wait_s=hold.wait_s, ttl_ms=ttl_ms, correlation_id=correlation_id(request.scope)
+        ref=ref,
+        inputs=data.inputs,
+        wait_s=hold.wait_s,
+        ttl_ms=ttl_ms,
+        correlation_id=correlation_id(request.scope),
+        principal=principal_of(request.scope),
     )
     status, body, headers = answer_response(await service.predict(call), applied=hold.applied)
     return Response(body, status_code=status, headers=headers)

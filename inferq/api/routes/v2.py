@@ -12,6 +12,7 @@ from litestar.params import FromPath
 from litestar.response import Response
 
 from inferq.api.access import correlation_id
+from inferq.api.guards import guard, principal_of
 from inferq.api.v2 import errors
 from inferq.api.v2.framing import HEADER_LENGTH
 from inferq.api.v2.inference import InferCall, Outcome, V2Inference
@@ -23,8 +24,11 @@ _ERRORS = {
     status: ResponseSpec(data_container=ErrorBody, description=text, media_type="application/json")
     for status, text in (
         (400, "Bad input: body, datatype, shape, names, binary sizes, parameters"),
+        (401, "Missing, malformed, unknown, revoked or expired API key"),
+        (403, "The API key lacks the 'predict' scope"),
         (404, "Unknown model, version or alias"),
         (413, "Body too large"),
+        (429, "The API key's rate or in-flight quota is spent; see Retry-After"),
         (503, "Partition full or Redis unavailable; see Retry-After"),
         (504, "No result before the deadline (parameters.timeout) or the wait"),
     )
@@ -48,34 +52,44 @@ _INFER_DOC = (
 )
 
 
-@get("/", summary="Server metadata", sync_to_thread=False)
+@get("/", summary="Server metadata", sync_to_thread=False, security=[])
 def server_metadata(v2_metadata: NamedDependency[V2Metadata]) -> ServerMetadata:
     return v2_metadata.server()
 
 
-@get("/health/live", summary="The server is live", sync_to_thread=False)
+@get("/health/live", summary="The server is live", sync_to_thread=False, security=[])
 def server_live() -> Liveness:
     return Liveness(live=True)
 
 
-@get("/health/ready", summary="Redis and Postgres answer (400 when not)", responses=_READY)
+@get("/health/ready", summary="Redis and Postgres answer (400 when not)", responses=_READY, security=[])
 async def server_ready(v2_metadata: NamedDependency[V2Metadata]) -> Response[Readiness]:
     return _readiness(await v2_metadata.server_ready())
 
 
-@get("/models/{model:str}", summary="Model metadata", responses={404: _ERRORS[404]})
+@get("/models/{model:str}", summary="Model metadata", responses={404: _ERRORS[404]}, guards=[guard("predict")])
 async def model_metadata(model: FromPath[str], v2_metadata: NamedDependency[V2Metadata]) -> ModelMetadata:
     return await v2_metadata.model(model_ref(model))
 
 
-@get("/models/{model:str}/versions/{version:str}", summary="Model version metadata", responses={404: _ERRORS[404]})
+@get(
+    "/models/{model:str}/versions/{version:str}",
+    summary="Model version metadata",
+    responses={404: _ERRORS[404]},
+    guards=[guard("predict")],
+)
 async def version_metadata(
     model: FromPath[str], version: FromPath[str], v2_metadata: NamedDependency[V2Metadata]
 ) -> ModelMetadata:
     return await v2_metadata.model(model_ref(model, version))
 
 
-@get("/models/{model:str}/ready", summary="A worker consumes the model", responses={**_READY, 404: _ERRORS[404]})
+@get(
+    "/models/{model:str}/ready",
+    summary="A worker consumes the model",
+    responses={**_READY, 404: _ERRORS[404]},
+    guards=[guard("predict")],
+)
 async def model_ready(model: FromPath[str], v2_metadata: NamedDependency[V2Metadata]) -> Response[Readiness]:
     return _readiness(await v2_metadata.model_ready(model_ref(model)))
 
@@ -84,6 +98,7 @@ async def model_ready(model: FromPath[str], v2_metadata: NamedDependency[V2Metad
     "/models/{model:str}/versions/{version:str}/ready",
     summary="A worker consumes the model version",
     responses={**_READY, 404: _ERRORS[404]},
+    guards=[guard("predict")],
 )
 async def version_ready(
     model: FromPath[str], version: FromPath[str], v2_metadata: NamedDependency[V2Metadata]
@@ -98,6 +113,7 @@ async def version_ready(
     description=_INFER_DOC,
     responses=_INFER_RESPONSES,
     operation_class=InferOperation,
+    guards=[guard("predict", counted=False)],  # the quota is spent in the admission script
 )
 async def infer(
     model: FromPath[str], request: Request[Any, Any, Any], v2_inference: NamedDependency[V2Inference]
@@ -112,6 +128,7 @@ async def infer(
     description=_INFER_DOC,
     responses=_INFER_RESPONSES,
     operation_class=InferOperation,
+    guards=[guard("predict", counted=False)],  # the quota is spent in the admission script
 )
 async def infer_version(
     model: FromPath[str],
@@ -125,10 +142,13 @@ async def infer_version(
 @get(
     "/predictions/{prediction_id:str}",
     summary="A respond-async request: 202 while queued or running, then its infer response",
-    responses={status: _INFER_RESPONSES[status] for status in (200, 202, 404, 503, 504)},
+    responses={status: _INFER_RESPONSES[status] for status in (200, 202, 401, 403, 404, 429, 503, 504)},
+    guards=[guard("predict")],
 )
-async def poll(prediction_id: FromPath[str], v2_inference: NamedDependency[V2Inference]) -> Response[bytes]:
-    return _response(await v2_inference.poll(prediction_id))
+async def poll(
+    prediction_id: FromPath[str], request: Request[Any, Any, Any], v2_inference: NamedDependency[V2Inference]
+) -> Response[bytes]:
+    return _response(await v2_inference.poll(prediction_id, tenant=principal_of(request.scope).tenant))
 
 
 async def _infer(
@@ -143,6 +163,7 @@ async def _infer(
         content_encoding=encoding,
         prefer=prefer,
         correlation_id=correlation_id(request.scope),
+        principal=principal_of(request.scope),
     )
     return _response(await service.infer(call))
 

@@ -19,6 +19,7 @@ from inferq.api.headers import CallLimits, Hold
 from inferq.api.service import Answer, PredictCall, PredictionService, result_error
 from inferq.api.v2.framing import Framed, frame_response, split_request
 from inferq.api.v2.request import Options, decode_body, read_options, requested_outputs
+from inferq.contracts.auth import Principal
 from inferq.contracts.models import ModelRef
 from inferq.contracts.v2 import Accepted, json_encoder
 from inferq.errors import DeadlineExceeded, NotFound, ServiceUnavailable
@@ -37,6 +38,7 @@ class InferCall:
     content_encoding: str | None = None
     prefer: str | None = None
     correlation_id: str = ""
+    principal: Principal | None = None  # set by the route (its guard authenticated the caller)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,9 +89,9 @@ class V2Inference:
         )
         return Outcome(200, framed, headers)
 
-    async def poll(self, request_id: str) -> Outcome:
+    async def poll(self, request_id: str, *, tenant: str) -> Outcome:
         """A ``respond-async`` request: 202 while queued or running, then its response (JSON outputs)."""
-        tracked = await self._predictions.get_prediction(request_id)
+        tracked = await self._predictions.get_prediction(request_id, tenant=tenant)
         result = tracked.result
         if result is None:
             if tracked.status == "expired":
@@ -120,12 +122,14 @@ class V2Inference:
             ttl_ms = min(ttl_ms, max(1, math.ceil(hold.wait_s * 1000)))
             wait_s = ttl_ms / 1000
             running_wait_s = max(0.0, hold.wait_s - wait_s)
+        assert call.principal is not None, "an infer call is authenticated before it gets here"
         return PredictCall(
             ref=call.ref,
             inputs=feeds,
             wait_s=wait_s,
             ttl_ms=ttl_ms,
             correlation_id=call.correlation_id,
+            principal=call.principal,
             output="tensors",
             output_names=names,
             priority=options.priority,
