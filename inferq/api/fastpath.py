@@ -75,6 +75,7 @@ class FastPredict:
         try:
             # The route's guard, as Litestar would run it: the quota is spent in the admission script.
             principal = require(await services.auth.authenticate(scope["headers"], address(scope)), "predict")
+            structlog.contextvars.bind_contextvars(tenant=principal.tenant, key_id=principal.key_id)
             prefer, cancel_after = read_headers(scope["headers"])
             hold = service.limits.hold(prefer)
             call = PredictCall(

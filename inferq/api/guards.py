@@ -37,6 +37,7 @@ def guard(*scopes: Scope, counted: bool = True) -> Guard:
         if not any(principal.allows(scope) for scope in scopes):
             wanted = " or ".join(repr(s) for s in scopes)
             raise Forbidden(f"this API key lacks the {wanted} scope", needs=list(scopes), has=sorted(principal.scopes))
+        structlog.contextvars.bind_contextvars(tenant=principal.tenant, key_id=principal.key_id)
         if counted:
             try:
                 await services.quotas.hit(principal)

@@ -41,7 +41,11 @@ PROMETHEUS = ROOT / "ops" / "prometheus" / "prometheus.yml"
 GRAFANA = ROOT / "ops" / "grafana"
 DASHBOARD = GRAFANA / "inferq.json"
 
-ENV = {"POSTGRES_PASSWORD": "pg-secret", "REDIS_PASSWORD": "redis-secret"}  # what an operator must export
+ENV = {
+    "POSTGRES_PASSWORD": "pg-secret",
+    "REDIS_PASSWORD": "redis-secret",
+    "INFERQ_API_KEY_PEPPER": "p" * 32,
+}  # what an operator exports
 COMMANDS = {"migrate": "migrate", "api": "serve", "worker": "worker", "webhooks": "tasks"}  # the image's services
 OBSERVABILITY = {"prometheus", "grafana"}
 SECRET = re.compile(r"PASSWORD|SECRET|TOKEN")
