@@ -30,6 +30,7 @@ from inferq.workers.ingress import Forwarder, Forwarding
 from inferq.workers.job_sink import JobSink, Schedule
 from inferq.workers.ledger import RunLedger
 from inferq.workers.models import ModelSource
+from inferq.workers.observers import observers_for
 from inferq.workers.publisher import Publisher
 from inferq.workers.reclaimer import Reclaimer
 from inferq.workers.selection import Selection
@@ -76,7 +77,10 @@ class WorkerPool:
         queue = settings.queue
         ttl = ResultTTL(long=queue.result_ttl_s, short=queue.result_short_ttl_s or int(2 * queue.wait_max_s))
         jobs = JobSink(JobStore(sessions), schedule=schedule)
-        self._publisher = Publisher(redis, results=ResultStore(redis, ttl=ttl), names=self._names, jobs=jobs)
+        self._observers = observers_for(settings, sessions)
+        self._publisher = Publisher(
+            redis, results=ResultStore(redis, ttl=ttl), names=self._names, jobs=jobs, observe=self._observers
+        )
         self.consumer = consumer or f"{socket.gethostname()}:{os.getpid()}"
         self._stop = asyncio.Event()
         self._served: dict[str, _Served] = {}
@@ -114,6 +118,7 @@ class WorkerPool:
             tasks = [s.task for s in self._served.values()] + ([forwarder] if forwarder else [])
             await asyncio.gather(*tasks, return_exceptions=True)
             self._models.close()
+            await self._observers.aclose()
             if ledger is not None:
                 ledger.close()
             log.info("pool.stopped", consumer=self.consumer)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -44,12 +44,19 @@ class Publisher:
     """One round trip per batch, however many results (research/performance.md: pipelining is worth 3.6×)."""
 
     def __init__(
-        self, redis: aioredis.Redis, *, results: ResultStore, names: Names, jobs: JobOutcomes | None = None
+        self,
+        redis: aioredis.Redis,
+        *,
+        results: ResultStore,
+        names: Names,
+        jobs: JobOutcomes | None = None,
+        observe: Callable[[Partition, Sequence[Outcome]], None] | None = None,
     ) -> None:
         self._redis = redis
         self._results = results
         self._names = names
         self.jobs = jobs
+        self._observe = observe  # metrics, the prediction log (workers/observers.py)
 
     async def prepare(self, outcomes: Sequence[Outcome]) -> list[Outcome]:
         """Job chunks' outcomes stored in Postgres first; what is left to settle on Redis."""
@@ -69,6 +76,8 @@ class Publisher:
 
     def queue(self, pipe: Pipeline, part: Partition, outcomes: Sequence[Outcome], *, consumer: str) -> None:
         """Queue ``settle``'s commands on ``pipe``, for a caller that adds more to the round trip."""
+        if self._observe is not None:
+            self._observe(part, outcomes)
         for outcome in outcomes:
             if outcome.result is not None:
                 self._store(pipe, outcome.result, outcome.reply)
