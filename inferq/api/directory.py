@@ -38,6 +38,7 @@ class ModelDirectory:
         self._names = names
         self._timeout_s = timeout_s
         self._backlog: tuple[float, Backlog] | None = None
+        self._reading: asyncio.Future[Backlog] | None = None
 
     async def list_models(self) -> ModelList:
         infos = self._catalog.models()
@@ -68,14 +69,23 @@ class ModelDirectory:
         return {key for key, exists in zip(keys, found, strict=True) if exists}
 
     async def backlog(self) -> Backlog:
-        """Every version's backlog (``ServiceUnavailable`` when Redis cannot be read in time)."""
+        """Every servable version's backlog (``ServiceUnavailable`` when Redis cannot be read in time).
+
+        Archived versions are left out: no worker consumes them, so their leftovers are no reason to
+        scale. Callers arriving while a reading is under way share it (one Redis round trip)."""
         now = time.monotonic()
         if self._backlog is not None and now - self._backlog[0] < BACKLOG_MAX_AGE_S:
             return self._backlog[1]
+        if self._reading is None or self._reading.done():
+            self._reading = asyncio.ensure_future(self._read_backlog(now))
+        return await asyncio.shield(self._reading)
+
+    async def _read_backlog(self, now: float) -> Backlog:
         parts = [
             Partition.of(self._names, model=info.name, version=v.version)
             for info in self._catalog.models()
             for v in info.versions
+            if v.status != "archived"
         ]
         try:
             backlog = await asyncio.wait_for(read_backlog(self._redis, parts), timeout=self._timeout_s)

@@ -117,3 +117,27 @@ async def test_a_refused_read_is_a_503_never_a_wrong_zero(
             backlog = await api.client.get("/health/backlog")
     assert backlog.status_code == 503, backlog.text
     assert "NOPERM" in backlog.json()["detail"] or "permission" in backlog.json()["detail"]
+
+
+async def test_archived_versions_are_left_out_and_concurrent_callers_share_one_reading(
+    settings: Settings, registry: Registry, model_name: str
+) -> None:
+    await register_model(registry, model_name)
+    await registry.set_status(model_name, 1, "archived")
+    async with running(tuned(settings)) as api:
+        await asyncio.sleep(0.6)  # the catalog sees the status
+        calls = 0
+        directory = api.app.state.services.models
+        real = directory._redis.pipeline
+
+        def counting(*args: object, **kwargs: object) -> object:
+            nonlocal calls
+            calls += 1
+            return real(*args, **kwargs)
+
+        directory._redis.pipeline = counting
+        answers = await asyncio.gather(*(api.client.get("/health/backlog") for _ in range(10)))
+    parts = {p["partition"] for p in answers[0].json()["partitions"]}
+    assert f"{model_name}@2" in parts
+    assert f"{model_name}@1" not in parts
+    assert calls == 1
