@@ -78,6 +78,6 @@ class KeyRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     """``POST /v1/admin/keys``: a key for a tenant (created if new)."""
 
     tenant: Annotated[str, msgspec.Meta(pattern=TENANT_PATTERN)]
-    scopes: Annotated[tuple[Scope, ...], msgspec.Meta(min_length=1)]
+    scopes: Annotated[list[Scope], msgspec.Meta(min_length=1)]  # a list: see WebhookSpec.events
     name: Annotated[str, msgspec.Meta(max_length=200)] = ""
     expires_in_s: Annotated[float, msgspec.Meta(gt=0)] | None = None

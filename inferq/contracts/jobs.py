@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import secrets
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -34,7 +35,7 @@ def new_job_id() -> str:
     return f"job_{secrets.token_hex(16)}"
 
 
-def event_wanted(filters: tuple[str, ...], event_type: str) -> bool:
+def event_wanted(filters: Sequence[str], event_type: str) -> bool:
     """Whether a webhook with event filter ``filters`` receives ``event_type``."""
     return event_type in filters or ("completed" in filters and event_type in TERMINAL_EVENTS)
 
@@ -60,7 +61,11 @@ class WebhookSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     """Where a job's events go and which ones: ``completed`` (any terminal event) by default."""
 
     url: Annotated[str, msgspec.Meta(max_length=2048)]
-    events: Annotated[tuple[EventFilter, ...], msgspec.Meta(min_length=1)] = ("completed",)
+    # NOTE: a list, not a tuple: Litestar documents a length-bounded tuple's items as `oneOf [X, {}]`, which
+    # no valid value satisfies (schema fuzzing found it).
+    events: Annotated[list[EventFilter], msgspec.Meta(min_length=1)] = msgspec.field(
+        default_factory=lambda: ["completed"]
+    )
 
 
 CustomId = Annotated[str, msgspec.Meta(max_length=256)]

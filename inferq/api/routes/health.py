@@ -5,22 +5,27 @@ from __future__ import annotations
 
 from litestar import get
 from litestar.di import NamedDependency
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.response import Response
 
 from inferq.api.directory import ModelDirectory
 from inferq.api.health import HealthChecks
 from inferq.api.metrics import CONTENT_TYPE, Metrics
+from inferq.api.routes.openapi import PUBLIC, problems
 from inferq.contracts.http import HealthReport
 from inferq.errors import InferqError
 from inferq.streams.backlog import Backlog
 
+_NOT_READY = {503: ResponseSpec(data_container=HealthReport, description="Not ready: `checks` says which check failed")}
 
-@get("/health/live", summary="The process is up", tags=["health"], security=[])
+
+@get("/health/live", summary="The process is up", tags=["health"], security=PUBLIC)
 async def health_live() -> HealthReport:
     return HealthReport(status="ok")
 
 
-@get("/health/ready", summary="Redis and Postgres answer (503 when either does not)", tags=["health"], security=[])
+@get("/health/ready", summary="Redis and Postgres answer (503 when either does not)", tags=["health"], security=PUBLIC,
+     responses=_NOT_READY)  # fmt: skip
 async def health_ready(health: NamedDependency[HealthChecks]) -> Response[HealthReport]:
     report = await health.ready()
     return Response(report, status_code=200 if report.status == "ok" else 503)
@@ -32,7 +37,8 @@ async def health_ready(health: NamedDependency[HealthChecks]) -> Response[Health
     description="`total` is the sum of `backlog` and `pending` over every partition: the value KEDA's "
     "metrics-api scaler reads (`valueLocation: total`) to scale the `worker --all` pool. Cached for 1 s.",
     tags=["health"],
-    security=[],
+    security=PUBLIC,
+    responses=problems(503, texts={503: "Redis cannot be read in time, or refuses to report (service_unavailable)"}),
 )
 async def health_backlog(models: NamedDependency[ModelDirectory]) -> Backlog:
     return await models.backlog()

@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 from litestar import Request, get, post
 from litestar.di import NamedDependency
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, FromQuery
 from litestar.response import Response, ServerSentEvent, Stream
 from litestar.response.sse import ServerSentEventMessage
@@ -17,6 +18,7 @@ from litestar.response.sse import ServerSentEventMessage
 from inferq.api.guards import guard, principal_of
 from inferq.api.jobs import JobService, Submission, WebhookSecret, inline_rows, spooled, upload_rows
 from inferq.api.multipart import form_boundary, read_form
+from inferq.api.routes.openapi import GUARDED, JobEventsOperation, JobSubmitOperation, problems
 from inferq.contracts.deliveries import DeliveryView
 from inferq.contracts.jobs import (
     JobCreateBody,
@@ -39,6 +41,17 @@ _DOC = (
 )
 FORM_OVERHEAD = 1024 * 1024  # a multipart body may exceed the file limit by its fields and part headers
 _JOBS = [guard("jobs")]
+_FOUND = problems(*GUARDED, 400, 404, texts={404: "No such job for this tenant (job_not_found)"})
+_LISTED = problems(*GUARDED, 400, 422, texts={422: "`limit` out of range, or a value Postgres cannot store"})
+_SUBMIT_TEXTS = {
+    404: "Unknown model, version or alias",
+    409: "The same Idempotency-Key with another body (idempotency_conflict)",
+    422: "Invalid rows, custom ids, window or metadata (invalid_input), or webhook URL (unsafe_webhook_url)",
+}
+_SUBMITTED = {
+    200: ResponseSpec(data_container=JobView, description="The same Idempotency-Key and body again: the existing job"),
+    **problems(*GUARDED, 400, 404, 409, 413, 422, texts=_SUBMIT_TEXTS),
+}
 _body = msgspec.json.Decoder(JobCreateBody)
 _webhook = msgspec.json.Decoder(WebhookSpec)
 _metadata = msgspec.json.Decoder(Metadata)
@@ -46,7 +59,7 @@ _line = msgspec.json.Encoder()
 
 
 @post("/v1/jobs", guards=_JOBS, status_code=202, summary="Submit a batch job", description=_DOC, tags=["jobs"],
-      request_max_body_size=None)  # fmt: skip
+      request_max_body_size=None, responses=_SUBMITTED, operation_class=JobSubmitOperation)  # fmt: skip
 async def submit_job(request: Request[Any, Any, Any], jobs: NamedDependency[JobService]) -> Response[JobView]:
     key = request.headers.get("idempotency-key")
     if key is not None and not 0 < len(key) <= 255:
@@ -128,12 +141,13 @@ async def _upload(
     )
 
 
-@get("/v1/jobs/{job_id:str}", guards=_JOBS, summary="A job: status, counts, progress, timestamps", tags=["jobs"])
+@get("/v1/jobs/{job_id:str}", guards=_JOBS, summary="A job: status, counts, progress, timestamps", tags=["jobs"],
+     responses=_FOUND)  # fmt: skip
 async def get_job(request: Request[Any, Any, Any], job_id: FromPath[str], jobs: NamedDependency[JobService]) -> JobView:
     return (await jobs.get(_tenant(request), job_id)).view()
 
 
-@get("/v1/jobs", guards=_JOBS, summary="Jobs, newest first (cursor-paged)", tags=["jobs"])
+@get("/v1/jobs", guards=_JOBS, summary="Jobs, newest first (cursor-paged)", tags=["jobs"], responses=_LISTED)
 async def list_jobs(
     request: Request[Any, Any, Any],
     jobs: NamedDependency[JobService],
@@ -157,7 +171,8 @@ async def list_jobs(
 
 
 @post("/v1/jobs/{job_id:str}/cancel", guards=_JOBS, status_code=200,
-      summary="Cancel: queued rows skipped, results kept", tags=["jobs"])  # fmt: skip
+      summary="Cancel: queued rows skipped, results kept", tags=["jobs"],
+      responses={**_FOUND, **problems(409, texts={409: "The job is already finished (job_finished)"})})  # fmt: skip
 async def cancel_job(
     request: Request[Any, Any, Any], job_id: FromPath[str], jobs: NamedDependency[JobService]
 ) -> JobView:
@@ -165,7 +180,7 @@ async def cancel_job(
 
 
 @get("/v1/jobs/{job_id:str}/results", guards=_JOBS, summary="Row results, cursor-paged (status: all|succeeded|failed)",
-     tags=["jobs"])  # fmt: skip
+     tags=["jobs"], responses={**_FOUND, **_LISTED})  # fmt: skip
 async def job_results(
     request: Request[Any, Any, Any],
     job_id: FromPath[str],
@@ -178,7 +193,7 @@ async def job_results(
 
 
 @get("/v1/jobs/{job_id:str}/results.jsonl", guards=_JOBS, summary="Succeeded rows as JSON Lines (streamed)",
-     tags=["jobs"], media_type="application/jsonl")  # fmt: skip
+     tags=["jobs"], media_type="application/jsonl", responses=_FOUND)  # fmt: skip
 async def results_jsonl(
     request: Request[Any, Any, Any], job_id: FromPath[str], jobs: NamedDependency[JobService]
 ) -> Stream:
@@ -188,7 +203,7 @@ async def results_jsonl(
 
 
 @get("/v1/jobs/{job_id:str}/errors.jsonl", guards=_JOBS, summary="Failed rows as JSON Lines (streamed)", tags=["jobs"],
-     media_type="application/jsonl")  # fmt: skip
+     media_type="application/jsonl", responses=_FOUND)  # fmt: skip
 async def errors_jsonl(
     request: Request[Any, Any, Any], job_id: FromPath[str], jobs: NamedDependency[JobService]
 ) -> Stream:
@@ -196,7 +211,8 @@ async def errors_jsonl(
 
 
 @get("/v1/jobs/{job_id:str}/events", guards=_JOBS,
-     summary="Server-Sent Events: the job at every change, until terminal", tags=["jobs"])  # fmt: skip
+     summary="Server-Sent Events: the job at every change, until terminal", tags=["jobs"],
+     responses=_FOUND, operation_class=JobEventsOperation)  # fmt: skip
 async def job_events(
     request: Request[Any, Any, Any], job_id: FromPath[str], jobs: NamedDependency[JobService]
 ) -> ServerSentEvent:
@@ -217,6 +233,7 @@ async def job_events(
     guards=_JOBS,
     summary="The job's webhook deliveries and their attempts",
     tags=["jobs"],
+    responses=_FOUND,
 )
 async def job_webhooks(
     request: Request[Any, Any, Any], job_id: FromPath[str], jobs: NamedDependency[JobService]
@@ -225,7 +242,8 @@ async def job_webhooks(
 
 
 @post("/v1/jobs/{job_id:str}/webhooks/{delivery_id:str}/replay", guards=_JOBS, status_code=202,
-      summary="Deliver a webhook event again (a new series of attempts, same webhook-id)", tags=["jobs"])  # fmt: skip
+      summary="Deliver a webhook event again (a new series of attempts, same webhook-id)", tags=["jobs"],
+      responses=problems(*GUARDED, 400, 404, texts={404: "No such job, or no such delivery of it"}))  # fmt: skip
 async def replay_webhook(
     request: Request[Any, Any, Any],
     job_id: FromPath[str],
@@ -236,12 +254,12 @@ async def replay_webhook(
 
 
 @get("/v1/webhooks/secret", guards=_JOBS, summary="This tenant's webhook signing secret (whsec_…), made on first use",
-     tags=["webhooks"])  # fmt: skip
+     tags=["webhooks"], responses=problems(*GUARDED))  # fmt: skip
 async def webhook_secret(request: Request[Any, Any, Any], jobs: NamedDependency[JobService]) -> WebhookSecret:
     return await jobs.webhook_secret(_tenant(request), rotate=False)
 
 
-@post("/v1/webhooks/secret/rotate", guards=_JOBS, status_code=200, tags=["webhooks"],
+@post("/v1/webhooks/secret/rotate", guards=_JOBS, status_code=200, tags=["webhooks"], responses=problems(*GUARDED),
       summary="A new signing secret; the previous one keeps signing alongside it for a day")  # fmt: skip
 async def rotate_webhook_secret(request: Request[Any, Any, Any], jobs: NamedDependency[JobService]) -> WebhookSecret:
     return await jobs.webhook_secret(_tenant(request), rotate=True)

@@ -8,6 +8,7 @@ from litestar.params import FromPath
 
 from inferq.api.directory import ModelDirectory
 from inferq.api.guards import guard
+from inferq.api.routes.openapi import GUARDED, problems
 from inferq.contracts.http import ModelList, ModelView
 
 
@@ -15,6 +16,7 @@ from inferq.contracts.http import ModelList, ModelView
     "/v1/models",
     summary="Every model with its versions, aliases and readiness",
     tags=["models"],
+    responses=problems(*GUARDED),
     guards=[guard("predict", "jobs", "admin")],
 )
 async def list_models(models: NamedDependency[ModelDirectory]) -> ModelList:
@@ -25,6 +27,7 @@ async def list_models(models: NamedDependency[ModelDirectory]) -> ModelList:
     "/v1/models/{model:str}",
     summary="One model: versions, signatures, aliases, readiness",
     tags=["models"],
+    responses=problems(*GUARDED, 400, 404, texts={404: "No such model (model_not_found)"}),
     guards=[guard("predict", "jobs", "admin")],
 )
 async def get_model(model: FromPath[str], models: NamedDependency[ModelDirectory]) -> ModelView:

@@ -13,6 +13,7 @@ from litestar.response import Response
 
 from inferq.api.access import correlation_id
 from inferq.api.guards import guard, principal_of
+from inferq.api.routes.openapi import PUBLIC
 from inferq.api.v2 import errors
 from inferq.api.v2.framing import HEADER_LENGTH
 from inferq.api.v2.inference import InferCall, Outcome, V2Inference
@@ -33,6 +34,7 @@ _ERRORS = {
         (504, "No result before the deadline (parameters.timeout) or the wait"),
     )
 }
+_GUARDED = {status: _ERRORS[status] for status in (400, 401, 403, 404, 429, 503)}
 _READY = {
     200: ResponseSpec(data_container=Readiness, description="Ready"),
     400: ResponseSpec(data_container=Readiness, description="Not ready (`error` says why)"),
@@ -52,22 +54,22 @@ _INFER_DOC = (
 )
 
 
-@get("/", summary="Server metadata", sync_to_thread=False, security=[])
+@get("/", summary="Server metadata", sync_to_thread=False, security=PUBLIC)
 def server_metadata(v2_metadata: NamedDependency[V2Metadata]) -> ServerMetadata:
     return v2_metadata.server()
 
 
-@get("/health/live", summary="The server is live", sync_to_thread=False, security=[])
+@get("/health/live", summary="The server is live", sync_to_thread=False, security=PUBLIC)
 def server_live() -> Liveness:
     return Liveness(live=True)
 
 
-@get("/health/ready", summary="Redis and Postgres answer (400 when not)", responses=_READY, security=[])
+@get("/health/ready", summary="Redis and Postgres answer (400 when not)", responses=_READY, security=PUBLIC)
 async def server_ready(v2_metadata: NamedDependency[V2Metadata]) -> Response[Readiness]:
     return _readiness(await v2_metadata.server_ready())
 
 
-@get("/models/{model:str}", summary="Model metadata", responses={404: _ERRORS[404]}, guards=[guard("predict")])
+@get("/models/{model:str}", summary="Model metadata", responses=_GUARDED, guards=[guard("predict")])
 async def model_metadata(model: FromPath[str], v2_metadata: NamedDependency[V2Metadata]) -> ModelMetadata:
     return await v2_metadata.model(model_ref(model))
 
@@ -75,7 +77,7 @@ async def model_metadata(model: FromPath[str], v2_metadata: NamedDependency[V2Me
 @get(
     "/models/{model:str}/versions/{version:str}",
     summary="Model version metadata",
-    responses={404: _ERRORS[404]},
+    responses=_GUARDED,
     guards=[guard("predict")],
 )
 async def version_metadata(
@@ -87,7 +89,7 @@ async def version_metadata(
 @get(
     "/models/{model:str}/ready",
     summary="A worker consumes the model",
-    responses={**_READY, 404: _ERRORS[404]},
+    responses={**_GUARDED, **_READY},
     guards=[guard("predict")],
 )
 async def model_ready(model: FromPath[str], v2_metadata: NamedDependency[V2Metadata]) -> Response[Readiness]:
@@ -97,7 +99,7 @@ async def model_ready(model: FromPath[str], v2_metadata: NamedDependency[V2Metad
 @get(
     "/models/{model:str}/versions/{version:str}/ready",
     summary="A worker consumes the model version",
-    responses={**_READY, 404: _ERRORS[404]},
+    responses={**_GUARDED, **_READY},
     guards=[guard("predict")],
 )
 async def version_ready(
