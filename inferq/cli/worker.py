@@ -23,7 +23,7 @@ from inferq.cli.output import fail, say
 from inferq.cli.runtime import opened, require_safe_redis
 from inferq.errors import InferqError, InvalidInput
 from inferq.observability.logs import configure_logging
-from inferq.settings import ServiceSettings, Settings
+from inferq.settings import ServiceSettings, Settings, redacted_url
 
 PARENT_CHECK_S = 1.0
 
@@ -31,22 +31,27 @@ PARENT_CHECK_S = 1.0
 async def run_worker(settings: Settings, *, all_models: bool, models: list[str] | None, processes: int) -> int:
     """Start embedded services when no URLs are set, then supervise ``processes`` worker processes."""
     from inferq.workers.selection import Selection
+    from inferq.workers.stacks import stack_dumps
     from inferq.workers.supervisor import Supervisor
+    from inferq.workers.supervisor_metrics import Exposure
 
     configure_logging(settings.log_level)
     selection = Selection.parse(all_models=all_models, models=models)  # bad arguments: refused before anything
     if processes < 1:
         raise InvalidInput(f"--processes must be at least 1, got {processes}", field="processes")
-    async with opened(settings, redis=True) as rt:
+    async with opened(settings, redis=True) as rt, Exposure(settings) as metrics:
         await require_safe_redis(settings, rt.services, embedded=settings.services.redis_url is None)
         _, missing = selection.pick(await rt.registry.list_models())
         if missing:  # a typo would otherwise be a child exiting 2, restarted forever
             raise InvalidInput(f"no such model version to serve: {', '.join(missing)}", models=missing)
         command = [sys.executable, "-m", "inferq.cli.worker", *_selection_args(all_models, models)]
         command += ["--parent-pid", str(os.getpid())]
-        supervisor = Supervisor(command=command, processes=processes, queue=settings.queue, env=_child_env(rt.services))
-        say(f"inferq worker: {processes} process(es) on redis {rt.services.redis_url}")
-        with _on_signals(supervisor.stop):
+        env = _child_env(rt.services, metrics=metrics.child_env)
+        supervisor = Supervisor(command=command, processes=processes, queue=settings.queue, env=env)
+        await metrics.serve(supervisor)  # /metrics: the children's summed (INFERQ_WORKER_METRICS_PORT)
+        say(f"inferq worker: {processes} process(es) on redis {redacted_url(rt.services.redis_url)}")
+        # NOTE: SIGUSR1 dumps stacks here too: a signal sent to the whole group must not kill the supervisor.
+        with _on_signals(supervisor.stop), stack_dumps(asyncio.get_running_loop()):
             return await supervisor.run()
 
 
@@ -56,6 +61,7 @@ async def serve_pool(settings: Settings, *, all_models: bool, models: list[str] 
     from inferq.streams.tasks import TaskQueue
     from inferq.workers.pool import WorkerPool
     from inferq.workers.selection import Selection
+    from inferq.workers.stacks import stack_dumps
 
     selection = Selection.parse(all_models=all_models, models=models)
     async with opened(settings, redis=True) as rt:
@@ -64,7 +70,7 @@ async def serve_pool(settings: Settings, *, all_models: bool, models: list[str] 
         pool = WorkerPool(settings, redis=redis, sessions=rt.sessions, selection=selection, schedule=tasks.schedule)
         watcher = asyncio.create_task(_watch_parent(parent_pid, pool.stop)) if parent_pid else None
         try:
-            with _on_signals(pool.stop):
+            with _on_signals(pool.stop), stack_dumps(asyncio.get_running_loop()):  # kill -USR1: task stacks
                 await pool.run()
         finally:
             if watcher is not None:
@@ -110,11 +116,13 @@ def _selection_args(all_models: bool, models: list[str] | None) -> list[str]:
     return ["--all"] if all_models else ["--models", ",".join(models or [])]
 
 
-def _child_env(services: ServiceSettings) -> dict[str, str]:
-    """The environment with the resolved service URLs: children use the supervisor's embedded servers."""
+def _child_env(services: ServiceSettings, *, metrics: dict[str, str]) -> dict[str, str]:
+    """The environment with the resolved service URLs (children use the supervisor's embedded servers) and
+    the metrics directory: it must be set before a child imports prometheus-client."""
     env = dict(os.environ)
     env["INFERQ_REDIS_URL"] = services.redis_url or ""
     env["INFERQ_DATABASE_URL"] = services.database_url or ""
+    env.update(metrics)
     return env
 
 

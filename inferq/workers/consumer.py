@@ -65,6 +65,11 @@ class PartitionConsumer:
         self._backlogged = False  # the last read came back full: more is probably waiting
         self.draining = False  # the version left the selection: stop once both lanes are empty
 
+    @property
+    def partition(self) -> str:
+        """The partition's key (``model@version``)."""
+        return self._part.key
+
     async def run(self, stop: asyncio.Event) -> None:
         """Loop until ``stop`` (finish the batch and the carry first) or, when draining, until empty."""
         backoff = Backoff()
@@ -120,7 +125,10 @@ class PartitionConsumer:
             left_ms = int((deadline - time.monotonic()) * 1000)
             if left_ms < 1:
                 return
-            await self._read(count=room, bulk=0, block_ms=left_ms)
+            # NOTE: at most block_ms per read: the client's socket timeout allows that much (streams/connection.py),
+            # and max_batch_delay_ms is a per-version override that may be longer. A read outliving the socket
+            # timeout failed every time: the carry was never run, only reclaimed entry by entry, much later.
+            await self._read(count=room, bulk=0, block_ms=min(left_ms, queue.block_ms))
 
     def _room(self) -> tuple[int, int]:
         """Interactive rows that still fit a batch, and job chunks to read: one carried at a time, so a
@@ -213,7 +221,7 @@ class PartitionConsumer:
         if chunks:
             outcomes = [o for o in outcomes if o.job is None]
             await self._persisted()
-            self._persisting = asyncio.create_task(self._store_chunks(chunks))
+            self._persisting = asyncio.create_task(self._store_chunks(chunks), name=f"chunks:{self._part.key}")
         room, bulk = self._room()
         # NOTE: decided now, not before the run: a stop that came while the batch ran means no more reads.
         # Only under a backlog: at low load the read would come back empty and delay the next blocking one.

@@ -19,6 +19,7 @@ from inferq.errors import InferqError, ServiceUnavailable
 from inferq.settings import Settings
 from inferq.streams.consumer import Entry, heartbeat
 from inferq.streams.partition import Partition
+from inferq.workers.backoff import sleep_unless
 from inferq.workers.batch import Work, execute, finish, rows_of
 from inferq.workers.clock import RedisClock
 from inferq.workers.ledger import RunLedger
@@ -149,10 +150,18 @@ class Executor:
 
     @contextlib.asynccontextmanager
     async def _heartbeats(self, entries: Sequence[Entry]) -> AsyncIterator[None]:
-        task = asyncio.create_task(self._beat(list(entries)))
+        ended = asyncio.Event()
+        task = asyncio.create_task(self._beat(list(entries), ended), name=f"heartbeat:{self._part.key}")
         try:
             yield
         finally:
+            # NOTE: the flag, not the cancellation, is what ends the loop. On Python 3.11 redis-py sends each
+            # command through ``asyncio.wait_for``, which drops a cancellation that lands as the send
+            # completes: a heartbeat cancelled then returns normally, and a loop ended by cancellation alone
+            # beat on forever. This block then waited for it forever, and the entries it kept fresh were
+            # never reclaimed either (the worker stall of the fault tests). The cancel only cuts short a
+            # heartbeat in flight; when it is lost, the loop still ends after that one round trip.
+            ended.set()
             task.cancel()
             try:
                 await task
@@ -163,10 +172,10 @@ class Executor:
                 if current is not None and current.cancelling():
                     raise
 
-    async def _beat(self, entries: list[Entry]) -> None:
-        """Reset the entries' idle time every ``heartbeat_ms``, so the reclaimer leaves a long run alone."""
-        while True:
-            await asyncio.sleep(self._settings.queue.heartbeat_ms / 1000)
+    async def _beat(self, entries: list[Entry], ended: asyncio.Event) -> None:
+        """Reset the entries' idle time every ``heartbeat_ms`` until ``ended``, so the reclaimer leaves a long
+        run alone."""
+        while not await sleep_unless(ended, self._settings.queue.heartbeat_ms / 1000):
             try:
                 await heartbeat(self._redis, self._part, consumer=self._consumer, entries=entries)
             except Exception as exc:

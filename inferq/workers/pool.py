@@ -208,9 +208,10 @@ class WorkerPool:
 
 async def _serve(consumer: PartitionConsumer, reclaimer: Reclaimer, upkeep: Upkeep, stop: asyncio.Event) -> None:
     """The partition's three loops; they end together when the consumer returns (stopped or drained)."""
-    async with asyncio.TaskGroup() as group:
-        group.create_task(reclaimer.run(stop))
-        group.create_task(upkeep.run(stop))
+    key = consumer.partition
+    async with asyncio.TaskGroup() as group:  # named: they show up by name in a stack dump (workers/stacks.py)
+        group.create_task(reclaimer.run(stop), name=f"reclaimer:{key}")
+        group.create_task(upkeep.run(stop), name=f"upkeep:{key}")
         try:
             await consumer.run(stop)
         finally:
