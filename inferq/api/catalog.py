@@ -121,6 +121,7 @@ class ModelCatalog:
         self._loaded_at = -float("inf")
         self._task: asyncio.Task[None] | None = None
         self._miss: asyncio.Future[None] | None = None
+        self._stopping = asyncio.Event()
 
     async def start(self) -> None:
         """Load once (a failure is logged: the refresher keeps trying) and start refreshing."""
@@ -129,6 +130,7 @@ class ModelCatalog:
         self._task = asyncio.create_task(self._refresh_forever(), name="catalog.refresh")
 
     async def stop(self) -> None:
+        self._stopping.set()
         for task in (self._task, self._miss):
             if task is not None:
                 task.cancel()
@@ -201,7 +203,8 @@ class ModelCatalog:
         await self.refresh()
 
     async def _refresh_forever(self) -> None:
-        while True:
+        # NOTE: ends on the stop event too: the refresh's asyncio.wait_for can swallow a cancel on Python 3.11.
+        while not self._stopping.is_set():
             await asyncio.sleep(self._refresh_s)
             try:
                 await self.refresh()

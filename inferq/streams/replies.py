@@ -32,6 +32,9 @@ class ReplyListener:
         self._waiters: dict[str, asyncio.Future[InferResult]] = {}
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
+        # NOTE: stopping is an event the loop checks, then a cancel: redis-py sends through asyncio.wait_for,
+        # which on Python 3.11 can swallow a cancel (see workers/executor.py), and a stop must not hang.
+        self._stopping = asyncio.Event()
 
     @staticmethod
     def instance_name() -> str:
@@ -43,6 +46,7 @@ class ReplyListener:
         await asyncio.wait_for(self._ready.wait(), timeout=10)
 
     async def stop(self) -> None:
+        self._stopping.set()
         if self._task is not None:
             self._task.cancel()
             try:
@@ -70,7 +74,7 @@ class ReplyListener:
 
     async def _run(self) -> None:
         backoff = 0.05
-        while True:
+        while not self._stopping.is_set():
             try:
                 async with self._redis.pubsub(ignore_subscribe_messages=True) as pubsub:
                     await pubsub.subscribe(self.channel)
@@ -78,7 +82,7 @@ class ReplyListener:
                         await self._catch_up()
                     self._ready.set()
                     backoff = 0.05
-                    while True:
+                    while not self._stopping.is_set():
                         message = await pubsub.get_message(timeout=1.0)
                         if message is not None:
                             self._dispatch(message["data"])
