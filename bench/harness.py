@@ -1,21 +1,61 @@
-"""Bench plumbing: services, processes, wrk runs and CPU accounting (no figures are computed here)."""
+"""Bench plumbing: services, processes, API keys, wrk runs and CPU accounting (no figures are computed here)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import re
+import secrets
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import psutil
+
+from inferq.contracts.auth import SCOPES
+from inferq.store.database import create_engine, create_sessionmaker
+from inferq.store.keys import KeyHasher, KeyStore
+
+# Per-key quotas, and the per-address bucket in front of key lookups, far above any bench load: the benches
+# measure the queue path, not the limits (wrk's connections all miss a cold key cache at once, and each spends
+# a token of that bucket).
+QUOTA_ENV = {
+    "INFERQ_KEY_RATE_PER_S": "1000000",
+    "INFERQ_KEY_BURST": "1000000",
+    "INFERQ_KEY_CONCURRENCY": "1000000",
+    "INFERQ_AUTH_IP_RATE": "1000000",
+    "INFERQ_AUTH_IP_BURST": "1000000",
+}
+
+
+def new_pepper() -> str:
+    """A pepper of this run's own (``INFERQ_API_KEY_PEPPER`` of its API processes)."""
+    return secrets.token_hex(32)
+
+
+def auth_env(pepper: str) -> dict[str, str]:
+    """What an ``inferq serve`` of the bench needs: the pepper its keys were made under, and no quotas in reach."""
+    return {"INFERQ_API_KEY_PEPPER": pepper, **QUOTA_ENV}
+
+
+async def make_key(database_url: str, pepper: str) -> str:
+    """An API key for the ``default`` tenant with every scope, made in the bench's database."""
+    engine = create_engine(database_url)
+    try:
+        keys = KeyStore(create_sessionmaker(engine), hasher=KeyHasher(pepper))
+        return (await keys.create(tenant="default", scopes=SCOPES, name="bench")).key
+    finally:
+        await engine.dispose()
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
 
 
 def free_port() -> int:
@@ -41,11 +81,11 @@ def process(args: Sequence[str], *, env: dict[str, str], log: Path) -> Iterator[
             proc.wait(5)
 
 
-def wait_http(url: str, *, timeout: float = 60.0) -> None:
+def wait_http(url: str, *, timeout: float = 60.0, headers: Mapping[str, str] | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url, timeout=1.0).status_code < 500:
+            if httpx.get(url, timeout=1.0, headers=headers).status_code < 500:
                 return
         time.sleep(0.2)
     raise RuntimeError(f"{url} did not come up in {timeout}s")
@@ -72,16 +112,26 @@ class WrkResult:
     errors: int
 
 
-def wrk(url: str, body: str, *, connections: int, seconds: float, threads: int = 2) -> WrkResult:
-    """A closed-loop wrk run of POST ``body`` with ``connections`` concurrent connections."""
+def wrk(
+    url: str,
+    body: str,
+    *,
+    connections: int,
+    seconds: float,
+    threads: int = 2,
+    headers: Mapping[str, str] | None = None,
+) -> WrkResult:
+    """A closed-loop wrk run of POST ``body`` with ``connections`` concurrent connections, sending ``headers``
+    (``-H``; the script's own ``wrk.headers`` add to them)."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         # NOTE: a Lua long string with level 2: JSON bodies contain "]]", which would end a [[...]] string.
         script.write(
             f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = [==[{body}]==]\n'
         )
+    given = [arg for name, value in (headers or {}).items() for arg in ("-H", f"{name}: {value}")]
     out = subprocess.run(
         ["wrk", f"-t{min(threads, connections)}", f"-c{connections}", f"-d{int(seconds)}s", "--latency",
-         "-s", script.name, url],
+         *given, "-s", script.name, url],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     os.unlink(script.name)

@@ -8,7 +8,8 @@
    same job undisturbed, with exactly one result per row checked.
 
 Processes: ``inferq serve --workers 2`` and ``inferq worker --processes 1`` (plus a second worker started
-after the kill), embedded Redis and Postgres of this run's own.
+after the kill), embedded Redis and Postgres of this run's own. Every call takes an API key of the run's own
+(every scope, quotas far above the load: ``harness.auth_env``).
 
 Run: ``.venv/bin/python bench/jobs.py [--rows 100000]`` (needs ``wrk``).
 """
@@ -23,13 +24,14 @@ import os
 import signal
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import psutil
-from harness import cpu_seconds, free_port, process, python, wait_http, wrk
+from harness import auth_env, bearer, cpu_seconds, free_port, make_key, new_pepper, process, python, wait_http, wrk
 
 from inferq.cli.demo import build
 from inferq.embedded import started_services
@@ -64,28 +66,29 @@ def write_jsonl(path: Path, rows: int, width: int) -> None:
             out.write(json.dumps({"custom_id": f"r{i}", "inputs": row}) + "\n")
 
 
-def submit(base: str, path: Path) -> tuple[str, float]:
+def submit(base: str, path: Path, *, headers: Mapping[str, str]) -> tuple[str, float]:
     started = time.perf_counter()
     with path.open("rb") as handle:
         files = {"file": (path.name, handle, "application/jsonl")}
-        response = httpx.post(f"{base}/v1/jobs", data={"model": "wine@1"}, files=files, timeout=600)
+        response = httpx.post(f"{base}/v1/jobs", data={"model": "wine@1"}, files=files, headers=headers, timeout=600)
     response.raise_for_status()
     return response.json()["id"], time.perf_counter() - started
 
 
-def wait_done(base: str, job_id: str, *, timeout_s: float = 900) -> dict[str, Any]:
+def wait_done(base: str, job_id: str, *, headers: Mapping[str, str], timeout_s: float = 900) -> dict[str, Any]:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        job: dict[str, Any] = httpx.get(f"{base}/v1/jobs/{job_id}", timeout=10).json()
+        job: dict[str, Any] = httpx.get(f"{base}/v1/jobs/{job_id}", headers=headers, timeout=10).json()
         if job["status"] not in ("queued", "running"):
             return job
         time.sleep(0.1)
     raise RuntimeError(f"job {job_id} did not finish in {timeout_s}s")
 
 
-def count_results(base: str, job_id: str) -> tuple[int, int]:
+def count_results(base: str, job_id: str, *, headers: Mapping[str, str]) -> tuple[int, int]:
     ids = []
-    with httpx.stream("GET", f"{base}/v1/jobs/{job_id}/results.jsonl", timeout=600) as response:
+    with httpx.stream("GET", f"{base}/v1/jobs/{job_id}/results.jsonl", headers=headers, timeout=600) as response:
+        response.raise_for_status()
         for line in response.iter_lines():
             if line:
                 ids.append(json.loads(line)["custom_id"])
@@ -112,11 +115,13 @@ def main() -> None:
         assert services.redis_url
         assert services.database_url
         asyncio.run(register(services.database_url, onnx))
+        pepper = new_pepper()
+        headers = bearer(asyncio.run(make_key(services.database_url, pepper)))
         env = {k: v for k, v in os.environ.items() if not k.startswith("INFERQ_")}
         env.update(
             INFERQ_REDIS_URL=services.redis_url, INFERQ_DATABASE_URL=services.database_url,
             INFERQ_KEY_PREFIX="benchjobs", INFERQ_MODEL_ROOT=str(tmp / "models"), INFERQ_LOG_LEVEL="warning",
-            INFERQ_ADMISSION_LIMIT="100000", INFERQ_RECLAIM_MIN_IDLE_MS="5000",
+            INFERQ_ADMISSION_LIMIT="100000", INFERQ_RECLAIM_MIN_IDLE_MS="5000", **auth_env(pepper),
         )  # fmt: skip
         port = free_port()
         base = f"http://127.0.0.1:{port}"
@@ -134,21 +139,29 @@ def main() -> None:
                     "redis": _servers("redis", tmp),
                     "postgres": _servers("postgres", tmp),
                 }
-                throughput(base, upload, args.rows, engine_256, groups)
-                latency(base, upload, predict_url, body, args.seconds)
-            recovery(base, upload, worker, env, tmp)
+                throughput(base, upload, args.rows, engine_256, groups, headers=headers)
+                latency(base, upload, predict_url, body, args.seconds, headers=headers)
+            recovery(base, upload, worker, env, tmp, headers=headers)
 
 
-def throughput(base: str, upload: Path, rows: int, engine_256: float, groups: dict[str, list[psutil.Process]]) -> None:
+def throughput(
+    base: str,
+    upload: Path,
+    rows: int,
+    engine_256: float,
+    groups: dict[str, list[psutil.Process]],
+    *,
+    headers: Mapping[str, str],
+) -> None:
     before = {name: cpu_seconds(procs) for name, procs in groups.items()}
-    job_id, upload_s = submit(base, upload)
+    job_id, upload_s = submit(base, upload, headers=headers)
     during = {name: cpu_seconds(procs) for name, procs in groups.items()}
     started = time.perf_counter()
-    job = wait_done(base, job_id)
+    job = wait_done(base, job_id, headers=headers)
     run_s = time.perf_counter() - started
     after = {name: cpu_seconds(procs) for name, procs in groups.items()}
     total_s = upload_s + run_s
-    n, unique = count_results(base, job_id)
+    n, unique = count_results(base, job_id, headers=headers)
     rate = rows / run_s
     print("\n## 1. 100k-row job")
     print(f"status {job['status']}, counts {job['counts']}, results.jsonl {n} lines ({unique} distinct custom_ids)")
@@ -170,15 +183,15 @@ def _servers(name: str, tmp: Path) -> list[psutil.Process]:
     return found
 
 
-def latency(base: str, upload: Path, url: str, body: str, seconds: float) -> None:
+def latency(base: str, upload: Path, url: str, body: str, seconds: float, *, headers: Mapping[str, str]) -> None:
     """wrk alone, then while jobs run the whole time (three of them queued: the last is checked to be
     still running when wrk ends, so every sampled request competed with job chunks)."""
-    alone = wrk(url, body, connections=8, seconds=seconds)
-    job_ids = [submit(base, upload)[0] for _ in range(3)]
-    during = wrk(url, body, connections=8, seconds=seconds)
-    last = httpx.get(f"{base}/v1/jobs/{job_ids[-1]}", timeout=10).json()
+    alone = wrk(url, body, connections=8, seconds=seconds, headers=headers)
+    job_ids = [submit(base, upload, headers=headers)[0] for _ in range(3)]
+    during = wrk(url, body, connections=8, seconds=seconds, headers=headers)
+    last = httpx.get(f"{base}/v1/jobs/{job_ids[-1]}", headers=headers, timeout=10).json()
     for job_id in job_ids:
-        wait_done(base, job_id)
+        wait_done(base, job_id, headers=headers)
     print("\n## 2. sync predict (wrk c8) alone vs while jobs run")
     print(
         f"alone : {alone.rps:,.0f} req/s, p50 {alone.p50_ms:.2f} ms, p99 {alone.p99_ms:.2f} ms, errors {alone.errors}"
@@ -188,21 +201,23 @@ def latency(base: str, upload: Path, url: str, body: str, seconds: float) -> Non
     print(f"p99 during / alone = {during.p99_ms / alone.p99_ms:.2f}x (target ≤ 2x)")
 
 
-def recovery(base: str, upload: Path, worker: list[str], env: dict[str, str], tmp: Path) -> None:
+def recovery(
+    base: str, upload: Path, worker: list[str], env: dict[str, str], tmp: Path, *, headers: Mapping[str, str]
+) -> None:
     """Kill -9 the only worker when the job is a third done; a new worker (another host:pid) picks up."""
     with process(worker, env=env, log=tmp / "worker-a.log") as victim:
         time.sleep(2)
-        job_id, _ = submit(base, upload)
-        while httpx.get(f"{base}/v1/jobs/{job_id}", timeout=10).json()["progress"] < 0.33:
+        job_id, _ = submit(base, upload, headers=headers)
+        while httpx.get(f"{base}/v1/jobs/{job_id}", headers=headers, timeout=10).json()["progress"] < 0.33:
             time.sleep(0.05)
         for child in victim.children(recursive=True):
             os.kill(child.pid, signal.SIGKILL)
         os.kill(victim.pid, signal.SIGKILL)
         killed = time.perf_counter()
     with process(worker, env=env, log=tmp / "worker-b.log"):
-        job = wait_done(base, job_id)
+        job = wait_done(base, job_id, headers=headers)
         recovered_s = time.perf_counter() - killed
-    n, unique = count_results(base, job_id)
+    n, unique = count_results(base, job_id, headers=headers)
     print("\n## 3. kill -9 of the worker at 1/3 of the job")
     print(f"status {job['status']}, counts {job['counts']}; results.jsonl {n} lines, {unique} distinct custom_ids")
     print(f"kill → job terminal: {recovered_s:.2f} s (includes a new worker's start and the reclaim min-idle of 5 s)")

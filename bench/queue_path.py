@@ -9,7 +9,9 @@ trained here) and each concurrency (1, 16, 64): wrk against
 Also: stream throughput (100k single-row messages XADDed straight onto the work stream) as a ratio of
 the engine's in-process rows/s at batch 64, and, under c64 load, the batch-size histogram and the
 queue-wait vs inference split (sampled from response timings). CPU per request is printed per process
-group so the gap is explained. Services are embedded ones of this run's own (no shared server).
+group so the gap is explained. Services are embedded ones of this run's own (no shared server). inferq is
+called with an API key of the run's own (every scope, quotas far above the load: ``harness.auth_env``); the
+naive server gets the same header and ignores it.
 
 Run: ``.venv/bin/python bench/queue_path.py [--seconds 8] [--concurrency 1,16,64]`` (needs ``wrk``).
 """
@@ -24,12 +26,13 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
-from harness import cpu_seconds, free_port, process, python, wait_http, wrk
+from harness import auth_env, bearer, cpu_seconds, free_port, make_key, new_pepper, process, python, wait_http, wrk
 
 from inferq.cli.demo import build
 from inferq.contracts.messages import InferRequest, message_encoder
@@ -88,10 +91,12 @@ def engine_rows_per_s(onnx: bytes, *, batch: int, seconds: float = 2.0) -> tuple
     return rates[0], 1e6 / rates[1]
 
 
-async def sample_timings(url: str, body: str, *, n: int, concurrency: int = 8) -> list[dict[str, Any]]:
+async def sample_timings(
+    url: str, body: str, *, n: int, headers: Mapping[str, str], concurrency: int = 8
+) -> list[dict[str, Any]]:
     """Response timings of ``n`` requests sent while wrk loads the server."""
     out: list[dict[str, Any]] = []
-    async with httpx.AsyncClient(timeout=30) as client:
+    async with httpx.AsyncClient(timeout=30, headers=dict(headers)) as client:
 
         async def one() -> None:
             while len(out) < n:
@@ -121,22 +126,34 @@ def main() -> None:
         assert services.redis_url
         assert services.database_url
         asyncio.run(register(services.database_url, onnx))
+        pepper = new_pepper()
+        headers = bearer(asyncio.run(make_key(services.database_url, pepper)))
         env = {k: v for k, v in os.environ.items() if not k.startswith("INFERQ_")}
         env.update(
             INFERQ_REDIS_URL=services.redis_url, INFERQ_DATABASE_URL=services.database_url,
             INFERQ_KEY_PREFIX=PREFIX, INFERQ_MODEL_ROOT=str(tmp / "models"), INFERQ_LOG_LEVEL="warning",
-            INFERQ_ADMISSION_LIMIT="100000", PYTHONPATH=str(Path(__file__).resolve().parent),
+            INFERQ_ADMISSION_LIMIT="100000", PYTHONPATH=str(Path(__file__).resolve().parent), **auth_env(pepper),
         )  # fmt: skip
         redis_pid = _redis_pid(tmp / "state" / "redis")
         print(f"# {os.cpu_count()} cores; wrk 2 threads, {args.seconds:.0f}s per run; one row per request")
         for name, data in onnx.items():
-            run_model(name, data, env=env, tmp=tmp, levels=levels, seconds=args.seconds, redis_pid=redis_pid)
+            run_model(
+                name, data, env=env, tmp=tmp, levels=levels, seconds=args.seconds, redis_pid=redis_pid, headers=headers
+            )
         if "wine" in onnx:
             stream_throughput(onnx["wine"], env=env, tmp=tmp, messages=args.messages, redis_url=services.redis_url)
 
 
 def run_model(
-    name: str, onnx: bytes, *, env: dict[str, str], tmp: Path, levels: list[int], seconds: float, redis_pid: int
+    name: str,
+    onnx: bytes,
+    *,
+    env: dict[str, str],
+    tmp: Path,
+    levels: list[int],
+    seconds: float,
+    redis_pid: int,
+    headers: Mapping[str, str],
 ) -> None:
     import psutil
 
@@ -154,17 +171,18 @@ def run_model(
         wait_http(f"http://127.0.0.1:{naive_port}/schema")
         for c in levels:
             results[("naive", c)] = measure(
-                f"http://127.0.0.1:{naive_port}/v1/models/{name}/predict", body, c, seconds, {"naive": [naive]}
-            )
+                f"http://127.0.0.1:{naive_port}/v1/models/{name}/predict", body, c, seconds, {"naive": [naive]},
+                headers=headers,
+            )  # fmt: skip
     serve = [python(), "-m", "inferq", "serve", "--port", str(api_port), "--workers", "2"]
     worker = [python(), "-m", "inferq", "worker", "--models", f"{name}@1", "--processes", "1"]
     url = f"http://127.0.0.1:{api_port}/v1/models/{name}@1/predict"
     with process(serve, env=env, log=tmp / "api.log") as api, process(worker, env=env, log=tmp / "worker.log") as wk:
         wait_http(f"http://127.0.0.1:{api_port}/health/ready")
-        _wait_ready(f"http://127.0.0.1:{api_port}/v1/models/{name}")
+        _wait_ready(f"http://127.0.0.1:{api_port}/v1/models/{name}", headers=headers)
         groups = {"api": [api], "worker": [wk], "redis": [psutil.Process(redis_pid)]}
         for c in levels:
-            results[("queue", c)] = measure(url, body, c, seconds, groups, sample=c == max(levels))
+            results[("queue", c)] = measure(url, body, c, seconds, groups, headers=headers, sample=c == max(levels))
     print(f"{'path':<6} {'c':>3} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}  CPU µs/request by process")
     for c in levels:
         for path in ("naive", "queue"):
@@ -186,15 +204,27 @@ def run_model(
         )
 
 
-def measure(url: str, body: str, c: int, seconds: float, groups: dict[str, list[Any]], *, sample: bool = False) -> Any:
+def measure(
+    url: str,
+    body: str,
+    c: int,
+    seconds: float,
+    groups: dict[str, list[Any]],
+    *,
+    headers: Mapping[str, str],
+    sample: bool = False,
+) -> Any:
     before = {k: cpu_seconds(v) for k, v in groups.items()}
     samples: list[dict[str, Any]] = []
     if sample:
         import threading
 
-        thread = threading.Thread(target=lambda: samples.extend(asyncio.run(sample_timings(url, body, n=300))))
+        def sampled() -> None:
+            samples.extend(asyncio.run(sample_timings(url, body, n=300, headers=headers)))
+
+        thread = threading.Thread(target=sampled)
         thread.start()
-    result = wrk(url, body, connections=c, seconds=seconds)
+    result = wrk(url, body, connections=c, seconds=seconds, headers=headers)
     if sample:
         thread.join()
     cpu = {k: (cpu_seconds(v) - before[k]) / max(result.requests, 1) * 1e6 for k, v in groups.items()}
@@ -234,10 +264,11 @@ def stream_throughput(onnx: bytes, *, env: dict[str, str], tmp: Path, messages: 
           f"= {rate / engine_rate:.2f}x")  # fmt: skip
 
 
-def _wait_ready(url: str, timeout: float = 60) -> None:
+def _wait_ready(url: str, timeout: float = 60, *, headers: Mapping[str, str]) -> None:
+    """Until ``GET url`` (a model, with an API key in ``headers``) says it is ready."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        r = httpx.get(url, timeout=2)
+        r = httpx.get(url, timeout=2, headers=headers)
         if r.status_code == 200 and r.json().get("ready"):
             return
         time.sleep(0.2)

@@ -8,6 +8,8 @@ bench/queue_path.py), same embedded Redis:
 - **sync**: wrk at ``--concurrency`` against ``inferq serve --workers 2`` — what callers see, with the
   API processes sharing the same cores.
 
+The API takes an API key of the run's own (every scope, quotas far above the load: ``harness.auth_env``).
+
 Printed with each process group's CPU use (cores busy) so the limit is visible: on a 2-core machine
 two worker processes can at best double the one-process rate when nothing else runs, and the API,
 Redis and wrk take their share of the same two cores under sync load. Also the in-process engine's
@@ -24,11 +26,12 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import psutil
-from harness import cpu_seconds, free_port, process, python, wait_http, wrk
+from harness import auth_env, bearer, cpu_seconds, free_port, make_key, new_pepper, process, python, wait_http, wrk
 from queue_path import PREFIX, _redis_pid, _wait_ready, engine_rows_per_s, heavy_model, register
 
 from inferq.contracts.messages import InferRequest, message_encoder
@@ -55,16 +58,20 @@ def main() -> None:
         assert services.redis_url
         assert services.database_url
         asyncio.run(register(services.database_url, {"heavy": onnx}))
+        pepper = new_pepper()
+        headers = bearer(asyncio.run(make_key(services.database_url, pepper)))
         env = {k: v for k, v in os.environ.items() if not k.startswith("INFERQ_")}
         env.update(
             INFERQ_REDIS_URL=services.redis_url, INFERQ_DATABASE_URL=services.database_url,
             INFERQ_KEY_PREFIX=PREFIX, INFERQ_MODEL_ROOT=str(tmp / "models"), INFERQ_LOG_LEVEL="warning",
-            INFERQ_ADMISSION_LIMIT="100000", INFERQ_DEV="true",
+            INFERQ_ADMISSION_LIMIT="100000", INFERQ_DEV="true", **auth_env(pepper),
         )  # fmt: skip
         redis = psutil.Process(_redis_pid(tmp / "state" / "redis"))
         rows = []
         for n in [int(p) for p in args.processes.split(",")]:
-            rows.append(run(n, onnx, env=env, tmp=tmp, args=args, redis=redis, redis_url=services.redis_url))
+            rows.append(
+                run(n, onnx, env=env, tmp=tmp, args=args, redis=redis, redis_url=services.redis_url, headers=headers)
+            )
     print(f"\n{'processes':>9} {'stream rows/s':>14} {'worker cores':>13} {'sync req/s':>11} {'p99 ms':>8} "
           f"{'cores: api':>11} {'worker':>7} {'redis':>6}")  # fmt: skip
     for r in rows:
@@ -85,6 +92,7 @@ def run(
     args: argparse.Namespace,
     redis: psutil.Process,
     redis_url: str,
+    headers: Mapping[str, str],
 ) -> dict[str, float]:
     """One worker count: the stream drain, then wrk through the API."""
     worker_cmd = [python(), "-m", "inferq", "worker", "--models", "heavy@1", "--processes", str(n)]
@@ -95,7 +103,7 @@ def run(
         process(worker_cmd, env=env, log=tmp / f"worker-{n}.log") as worker,
     ):
         wait_http(f"http://127.0.0.1:{api_port}/health/ready")
-        _wait_ready(f"http://127.0.0.1:{api_port}/v1/models/heavy")
+        _wait_ready(f"http://127.0.0.1:{api_port}/v1/models/heavy", headers=headers)
         time.sleep(2)  # every worker process has loaded the model and joined the group
         stream, stream_cores = drain(onnx, redis_url=redis_url, messages=args.messages, worker=worker)
         width = read_signature(onnx).n_features or 1
@@ -103,7 +111,7 @@ def run(
         before = {k: cpu_seconds(v) for k, v in {"api": [api], "worker": [worker], "redis": [redis]}.items()}
         started = time.perf_counter()
         result = wrk(f"http://127.0.0.1:{api_port}/v1/models/heavy@1/predict", body, connections=args.concurrency,
-                     seconds=args.seconds)  # fmt: skip
+                     seconds=args.seconds, headers=headers)  # fmt: skip
         wall = time.perf_counter() - started
         after = {k: cpu_seconds(v) for k, v in {"api": [api], "worker": [worker], "redis": [redis]}.items()}
     cores = {k: (after[k] - before[k]) / wall for k in before}

@@ -2,7 +2,8 @@
 
 A key is looked up by its id, its secret compared in constant time with the stored HMAC. Answers —
 found or not — are cached for ``INFERQ_KEY_CACHE_S`` (the documented revocation lag), so a storm of
-requests with an unknown key costs Postgres one lookup per key id and cache period, and a per-address
+requests with an unknown key costs Postgres one lookup per key id and cache period (concurrent requests
+for the same id share one lookup), and a per-address
 token bucket in front of the cache-missing lookups keeps unauthenticated traffic from loading it at
 all. Postgres down with a key not in the cache is a 503: fail closed. Every failure reads the same
 ("invalid, revoked or expired") whichever check failed; keys are never logged.
@@ -10,6 +11,7 @@ all. Postgres down with a key not in the cache is a 503: fail closed. Every fail
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import time
 from collections import OrderedDict
@@ -45,6 +47,7 @@ class Authenticator:
         self._cache_s = cache_s
         self._clock = clock
         self._cache: OrderedDict[str, tuple[float, KeyRecord | None]] = OrderedDict()
+        self._pending: dict[str, asyncio.Future[KeyRecord | None]] = {}
         self._lookups = AddressBuckets(rate=ip_rate, burst=ip_burst, clock=clock)
 
     @classmethod
@@ -77,12 +80,26 @@ class Authenticator:
         cached = self._cache.get(key_id)
         if cached is not None and cached[0] > now:
             return cached[1]
+        pending = self._pending.get(key_id)
+        if pending is not None:  # a lookup of this id is under way: share it (and no token is taken)
+            return await asyncio.shield(pending)
         wait_s = self._lookups.take(address)
         if wait_s > 0:  # this address misses the cache too often: no more Postgres lookups for now
             raise RateLimited(
                 "too many unauthenticated requests from this address", retry_after_s=wait_s, scope="address"
             )
-        record = await self._keys.lookup(key_id)  # ServiceUnavailable when Postgres is down: a 503
+        lookup = self._pending[key_id] = asyncio.ensure_future(self._lookup(key_id, now))
+        try:
+            return await asyncio.shield(lookup)
+        finally:
+            if lookup.done():
+                self._pending.pop(key_id, None)
+
+    async def _lookup(self, key_id: str, now: float) -> KeyRecord | None:
+        try:
+            record = await self._keys.lookup(key_id)  # ServiceUnavailable when Postgres is down: a 503
+        finally:
+            self._pending.pop(key_id, None)
         self._cache[key_id] = (now + self._cache_s, record)
         self._cache.move_to_end(key_id)
         while len(self._cache) > MAX_CACHED_KEYS:

@@ -46,7 +46,7 @@ async def run_dev(settings: Settings, *, exit_after_setup: bool = False) -> int:
         env = _child_env(rt, pepper=settings.auth.api_key_pepper)
         base = f"http://{settings.host}:{settings.port}"
         async with _children(env) as children:
-            await _wait_ready(base, children)
+            await _wait_ready(base, children, key)
             await _print_tour(rt, base, key)
             if exit_after_setup:
                 await _smoke(base, key)
@@ -127,15 +127,18 @@ async def _children(env: dict[str, str]) -> AsyncIterator[list[asyncio.subproces
                 await child.wait()
 
 
-async def _wait_ready(base: str, children: list[asyncio.subprocess.Process], timeout_s: float = 60) -> None:
+async def _wait_ready(base: str, children: list[asyncio.subprocess.Process], key: str, timeout_s: float = 60) -> None:
     """Until the API is ready and every demo partition has a live consumer."""
     deadline = time.monotonic() + timeout_s
-    async with httpx.AsyncClient(base_url=base, timeout=2) as client:
+    async with httpx.AsyncClient(base_url=base, timeout=2, headers={"Authorization": f"Bearer {key}"}) as client:
         while time.monotonic() < deadline:
             if any(c.returncode is not None for c in children):
                 raise ServiceUnavailable("the API, workers or tasks exited during startup (see their logs above)")
             with contextlib.suppress(httpx.HTTPError):
-                models = (await client.get("/v1/models")).json()["models"]
+                response = await client.get("/v1/models")
+                if response.status_code in (401, 403):  # never a race: the key itself is wrong
+                    raise ServiceUnavailable(f"the development key was refused: {response.text}")
+                models = response.json().get("models", []) if response.status_code == 200 else []
                 if models and all(m.get("ready") for m in models):
                     return
             await asyncio.sleep(0.25)

@@ -6,6 +6,7 @@ events until it ends. stdout gets the job as JSON: at submission, or its final s
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 import time
@@ -66,15 +67,28 @@ async def _follow(client: httpx.AsyncClient, job: dict[str, Any]) -> dict[str, A
     while job["status"] not in TERMINAL:
         try:
             async with client.stream("GET", f"/v1/jobs/{job['id']}/events") as events:
+                if events.status_code >= 400:  # refused (401, 403, 404) or throttled (429): never a tight loop
+                    await events.aread()
+                    error = _problem(events)
+                    if not error.retryable:
+                        raise error
+                    await asyncio.sleep(_retry_after(events))
+                    continue
                 async for line in events.aiter_lines():
                     if line.startswith("data:"):
                         job = json.loads(line[5:])
                         _progress(job, started)
         except httpx.TransportError as exc:
             say(f"\nevents interrupted ({exc}); reconnecting")
+            await asyncio.sleep(1.0)
             job = (await _call(client, "GET", f"/v1/jobs/{job['id']}")).json()
     sys.stderr.write("\n")
     return job
+
+
+def _retry_after(response: httpx.Response) -> float:
+    value = response.headers.get("retry-after", "1")
+    return min(60.0, max(0.1, float(value))) if value.replace(".", "", 1).isdigit() else 1.0
 
 
 def _progress(job: dict[str, Any], started: float) -> None:

@@ -20,7 +20,7 @@ from inferq.cli.runtime import opened
 from inferq.contracts.auth import SCOPES, TENANT_PATTERN, Scope, TenantLimits
 from inferq.errors import InvalidInput
 from inferq.settings import Settings
-from inferq.store.keys import KeyHasher, KeyStore
+from inferq.store.keys import MIN_PEPPER_CHARS, KeyHasher, KeyStore
 
 PEPPER_FILE = "api-key-pepper"
 DEV_KEY_FILE = "dev-api-key"
@@ -30,6 +30,12 @@ def resolve_pepper(settings: Settings) -> Settings:
     """``settings`` with the API key pepper: configured, or — in development only (``INFERQ_DEV``, or
     embedded services) — made once and kept in ``INFERQ_STATE_DIR`` (mode 0600) for every process."""
     if settings.auth.api_key_pepper:
+        if len(settings.auth.api_key_pepper) < MIN_PEPPER_CHARS:
+            raise InvalidInput(
+                f"INFERQ_API_KEY_PEPPER is too short: at least {MIN_PEPPER_CHARS} characters "
+                "(e.g. `openssl rand -hex 32`)",
+                field="INFERQ_API_KEY_PEPPER",
+            )
         return settings
     services = settings.services
     if not (settings.dev or services.redis_url is None or services.database_url is None):
@@ -79,10 +85,11 @@ async def tenant_limits(settings: Settings, *, tenant: str, changes: dict[str, f
     """Show a tenant's limits, or set the given ones (``reset``: back to the server's defaults first)."""
     async with _store(settings) as store:
         given = {k: v for k, v in changes.items() if v is not None}
+        existing = await store.limits(tenant)  # an unknown tenant is an error, never made by a typo
         if not given and not reset:
-            emit(await store.limits(tenant))
+            emit(existing)
             return 0
-        current = {} if reset else msgspec.to_builtins(await store.limits(tenant))
+        current = {} if reset else msgspec.to_builtins(existing)
         try:
             limits = msgspec.convert({**current, **given}, TenantLimits)
         except msgspec.ValidationError as exc:

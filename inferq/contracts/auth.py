@@ -62,9 +62,9 @@ class KeyView(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     name: str
     scopes: tuple[Scope, ...]
     created_at: dt.datetime
+    active: bool  # not revoked, not expired (always written: a missing field must not read as false)
     expires_at: dt.datetime | None = None
     revoked_at: dt.datetime | None = None
-    active: bool = True
 
 
 class NewKey(msgspec.Struct, frozen=True, kw_only=True):

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import secrets
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +20,7 @@ from inferq.cli.demo import build
 from inferq.embedded import EmbeddedRedis
 from inferq.settings import Settings
 
+from .apikeys import auth_env
 from .ports import free_port
 
 WINE_RECORD = {
@@ -44,7 +47,7 @@ def error_of(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def cli_env(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """Environment for CLI processes: this run's database and Redis, a model root of its own."""
+    """Environment for CLI processes: this run's database, Redis and API key pepper, a model root of its own."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("INFERQ_")}
     env.update(
         INFERQ_DATABASE_URL=settings.services.database_url or "",
@@ -52,6 +55,7 @@ def cli_env(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> dic
         INFERQ_KEY_PREFIX=settings.services.key_prefix,
         INFERQ_MODEL_ROOT=str(tmp_path_factory.mktemp("cli-models")),
         INFERQ_STATE_DIR=str(tmp_path_factory.mktemp("cli-state")),
+        **auth_env(settings),
     )
     inferq("migrate", env=env)
     return env
@@ -206,15 +210,30 @@ def fresh_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
+DEV_KEY = re.compile(r"^  export INFERQ_API_KEY=(iq_[0-9a-f]{16}_[0-9a-f]{48})$", re.M)
+
+
 def test_dev_on_a_fresh_machine_with_embedded_services(tmp_path: Path) -> None:
-    """`inferq dev` with no service URLs: embedded servers, migrations, demo models, API and workers
-    answering a prediction over HTTP (``--exit`` checks that, then stops everything)."""
+    """`inferq dev` with no service URLs: embedded servers, migrations, demo models, a development API key,
+    API and workers answering a prediction and a job over HTTP with that key (``--exit`` checks that, then
+    stops everything)."""
     env = fresh_env(tmp_path)
     first = inferq("dev", "--exit", env=env)
     assert "training demo model wine@2" in first.stderr
     assert "smoke test: POST /v1/models/iris/predict → 200 setosa" in first.stderr
+    assert "smoke test: POST /v1/jobs (3 rows) → succeeded" in first.stderr
+    [key] = DEV_KEY.findall(first.stderr)
     again = inferq("dev", "--exit", env=env)  # idempotent: nothing retrained, nothing re-registered
     assert "training" not in again.stderr
+    assert DEV_KEY.findall(again.stderr) == [key]  # the same key, not a new one per run
+    assert "smoke test: POST /v1/models/iris/predict → 200 setosa" in again.stderr
+    state = tmp_path / "state"
+    for secret in ("api-key-pepper", "dev-api-key"):
+        assert stat.S_IMODE((state / secret).stat().st_mode) == 0o600
+    assert (state / "dev-api-key").read_text().strip() == key
+    # `inferq keys` on the same (embedded) services finds it under the kept pepper: one key, every scope.
+    keys = json.loads(inferq("keys", "list", "--tenant", "default", env=env).stdout)
+    assert [(k["id"], k["name"], k["scopes"]) for k in keys] == [(key[3:19], "make dev", ["admin", "jobs", "predict"])]
     listed = json.loads(inferq("models", "list", env=env).stdout)
     assert {m["name"]: [v["version"] for v in m["versions"]] for m in listed} == {
         "diabetes": [1], "iris": [1], "wine": [1, 2],

@@ -28,6 +28,7 @@ from redis.exceptions import AuthenticationError, NoPermissionError
 
 from inferq.contracts.names import Names
 from inferq.embedded.redis_server import free_port
+from inferq.settings import Settings
 from inferq.streams.acl import hashed, password_variable
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -168,6 +169,7 @@ INGRESS, OTHER_INGRESS = NAMES.ingress_stream("billing"), NAMES.ingress_stream("
 REPLIES, OTHER_REPLIES = NAMES.producer_replies("billing"), NAMES.producer_replies("fraud")
 API_CHANNEL = NAMES.reply_channel("api-0123456789ab")
 TASKS = f"{PREFIX}:tasks"
+QUOTA, IN_FLIGHT = NAMES.quota("0123456789abcdef"), NAMES.in_flight("0123456789abcdef")  # an API key's quota state
 FOREIGN = Names("other").work_stream(PART)  # another deployment's prefix
 JOB = "arq:job:deliver:d1:1"
 
@@ -199,6 +201,10 @@ ALLOWED: dict[str, list[Command]] = {
         cmd(f"HGETALL {RATE}:workers"),
         cmd(f"SUBSCRIBE {API_CHANNEL}"), cmd(f"WATCH {JOB}"), cmd(f"EXISTS {JOB} arq:result:deliver:d1:1"),
         cmd(f"PSETEX {JOB} 9 x"), cmd(f"ZADD {TASKS} 1 deliver:d1:1"), cmd("MULTI"), cmd("EXEC"), cmd("UNWATCH"),
+        # per-key quotas: the admission script (4 keys) and the other routes' GCRA script, and what they call
+        cmd(f"EVAL x 4 {WORK} {RATE} {QUOTA} {IN_FLIGHT}"), cmd(f"EVALSHA 0 1 {QUOTA}"), cmd(f"GET {QUOTA}"),
+        cmd(f"SET {QUOTA} 1 PX 9"), cmd(f"ZREMRANGEBYSCORE {IN_FLIGHT} -inf 9"), cmd(f"ZCARD {IN_FLIGHT}"),
+        cmd(f"ZADD {IN_FLIGHT} 9 r1"), cmd(f"PTTL {IN_FLIGHT}"), cmd(f"PEXPIREAT {IN_FLIGHT} 9"),
     ],
     "worker": [
         cmd("PING"), cmd("INFO memory"), cmd("TIME"), cmd(f"XGROUP CREATE {WORK} workers 0 MKSTREAM"),
@@ -211,6 +217,7 @@ ALLOWED: dict[str, list[Command]] = {
         cmd(f"HSET {RATE}:workers c 1"), cmd(f"DEL {ALIVE}"), cmd(f"XREADGROUP GROUP forwarder c STREAMS {INGRESS} >"),
         cmd(f"XADD {INGRESS}:dlq * m x"), cmd(f"EVAL x 3 {WORK} {RATE} {NAMES.prefix}:{{{PART}}}:fwd:billing:1-1"),
         cmd(f"PSETEX {JOB} 9 x"), cmd(f"ZADD {TASKS} 1 deliver:d1:1"),
+        cmd(f"ZREM {IN_FLIGHT} r1"),  # a stored result frees its API key's in-flight slot
     ],
     "tasks": [
         cmd("PING"), cmd("INFO server"), cmd("DBSIZE"), cmd(f"ZRANGEBYSCORE {TASKS} -inf 9 LIMIT 0 9"),
@@ -246,16 +253,21 @@ REFUSED_TO: dict[str, list[Command]] = {
         cmd(f"XADD {REPLIES} * m x"), cmd(f"PUBLISH {API_CHANNEL} x"), cmd(f"SUBSCRIBE {REPLIES}"),
         cmd(f"ZRANGEBYSCORE {TASKS} -inf +inf"), cmd("GET arq:in-progress:x"), cmd(f"GET {PREFIX}:reconciler:requeue"),
         cmd(f"HSET {RATE}:workers c 1"), cmd(f"XINFO STREAM {WORK}"),
+        cmd(f"ZREM {IN_FLIGHT} r1"), cmd(f"DEL {QUOTA}"),  # only a worker frees a slot; nobody resets a quota
     ],
     "worker": [
         cmd(f"SUBSCRIBE {API_CHANNEL}"), cmd(f"XRANGE {DLQ} - +"), cmd(f"XREADGROUP GROUP me c STREAMS {REPLIES} >"),
         cmd(f"ZRANGEBYSCORE {TASKS} -inf +inf"), cmd("GET arq:in-progress:x"), cmd("ZREM arq:abort x"),
         cmd(f"PUBLISH {REPLIES} x"), cmd(f"DEL {PREFIX}:reconciler:requeue"),
+        # the in-flight set is write-only to it (ZREM; NOTE: %W lets its other write commands in too, DEL, ZADD…);
+        # the rate state is not its at all
+        cmd(f"ZCARD {IN_FLIGHT}"), cmd(f"ZRANGE {IN_FLIGHT} 0 -1"), cmd(f"GET {QUOTA}"), cmd(f"SET {QUOTA} 1"),
     ],
     "tasks": [
         cmd(f"XADD {WORK} * m x"), cmd(f"XREADGROUP GROUP workers c STREAMS {BULK} >"), cmd(f"GET {RESULT}"),
         cmd(f"XADD {INGRESS} * m x"), cmd(f"PUBLISH {API_CHANNEL} x"), cmd(f"SUBSCRIBE {API_CHANNEL}"),
         cmd(f"EVAL x 1 {TASKS}"), cmd(f"XRANGE {DLQ} - +"), cmd("ZRANGE arq:abort 0 -1"),
+        cmd(f"GET {QUOTA}"), cmd(f"ZREM {IN_FLIGHT} r1"),
     ],
     "admin": [
         cmd(f"XREADGROUP GROUP workers c STREAMS {WORK} >"), cmd(f"XRANGE {WORK} - +"), cmd(f"DEL {WORK}"),
@@ -263,13 +275,14 @@ REFUSED_TO: dict[str, list[Command]] = {
         cmd(f"SUBSCRIBE {API_CHANNEL}"), cmd(f"PUBLISH {API_CHANNEL} x"), cmd(f"XADD {INGRESS} * m x"),
         cmd(f"GET {JOB}"), cmd(f"ZADD {TASKS} 1 x"), cmd("ACL DELUSER api"), cmd("CONFIG REWRITE"),
         cmd(f"XADD {DLQ} * m x"), cmd(f"SET {WORK} x"),
-        cmd(f"EVAL x 1 {DLQ}"),
+        cmd(f"EVAL x 1 {DLQ}"), cmd(f"DEL {QUOTA}"), cmd(f"SET {QUOTA} 0"), cmd(f"DEL {IN_FLIGHT}"),
     ],
     "scaler": [
         cmd(f"XRANGE {WORK} - + COUNT 1"), cmd(f"XINFO STREAM {WORK}"),
         cmd(f"XREADGROUP GROUP workers c STREAMS {WORK} >"), cmd(f"XADD {WORK} * m x"), cmd(f"XLEN {DLQ}"),
         cmd(f"GET {RESULT}"), cmd(f"HGETALL {RATE}:workers"),
         cmd(f"XLEN {INGRESS}"), cmd(f"XINFO CONSUMERS {WORK} workers"), cmd(f"SUBSCRIBE {API_CHANNEL}"),
+        cmd(f"ZCARD {IN_FLIGHT}"),
     ],
     "producer-billing": [
         cmd(f"XADD {WORK} MAXLEN 0 * m x"), cmd(f"XADD {WORK} * m x"), cmd(f"XADD {BULK} * m x"),
@@ -279,6 +292,7 @@ REFUSED_TO: dict[str, list[Command]] = {
         cmd(f"XADD {INGRESS}:dlq * m x"), cmd(f"XADD {REPLIES} * m x"), cmd(f"XGROUP DESTROY {REPLIES} me"),
         cmd(f"DEL {INGRESS}"), cmd(f"GET {RESULT}"), cmd(f"XLEN {WORK}"), cmd(f"SUBSCRIBE {API_CHANNEL}"),
         cmd(f"PUBLISH {API_CHANNEL} x"), cmd(f"EVAL x 1 {INGRESS}"), cmd("INFO"), cmd(f"XINFO STREAM {INGRESS}"),
+        cmd(f"EVAL x 1 {QUOTA}"), cmd(f"ZREM {IN_FLIGHT} r1"),
     ],
 }  # fmt: skip
 
@@ -372,13 +386,29 @@ async def refusals(admin: aioredis.Redis) -> list[dict[str, Any]]:
     return entries
 
 
-async def test_every_role_does_its_job_under_its_own_user(acl: Acl, fresh_database: str, tmp_path: Path) -> None:
-    """serve answers a sync predict that worker runs, and reports the backlog; a job's webhooks are delivered by
-    tasks; the producer gets its reply; admin lists, replays and purges a dead letter; nothing any of them sent
-    was refused; and after ACL LOAD (which drops every connection) they all carry on."""
+async def test_every_role_does_its_job_under_its_own_user(
+    acl: Acl, fresh_database: str, settings: Settings, tmp_path: Path
+) -> None:
+    """serve answers a sync predict that worker runs (spending and freeing its API key's quota), and reports the
+    backlog; a job's webhooks are delivered by tasks; the producer gets its reply; admin lists, replays and purges
+    a dead letter; nothing any of them sent was refused; and after ACL LOAD (which drops every connection) they
+    all carry on."""
     redis = acl.server("stack")
-    stack = Stack(root=tmp_path, database_url=fresh_database, redis=redis, prefix=PREFIX)  # type: ignore[arg-type]
+    assert settings.auth.api_key_pepper
     admin = aioredis.Redis.from_url(acl.url(redis, "admin"), decode_responses=True)
+    try:
+        stack = await Stack.open(
+            tmp_path,
+            fresh_database,
+            pepper=settings.auth.api_key_pepper,
+            redis=redis,  # type: ignore[arg-type]
+            prefix=PREFIX,
+        )
+    except BaseException:
+        await admin.aclose()
+        redis.stop()
+        raise
+    key_id = stack.key[3:19]
     try:
         version = await stack.register(affine_model(), name=MODEL)
         part = stack.partition(version)
@@ -394,6 +424,13 @@ async def test_every_role_does_its_job_under_its_own_user(acl: Acl, fresh_databa
             predicted = await http.post(f"/v1/models/{MODEL}/predict", json={"inputs": [[1, 2, 3, 4]]})
             assert predicted.status_code == 200, predicted.text
             assert predicted.json()["predictions"][0]["outputs"]["y"] == [3.0, 5.0, 7.0, 9.0]
+            probe = stack.client()
+            assert await probe.exists(NAMES.quota(key_id)) == 1  # the admission script spent the key's rate
+
+            async def slot_freed() -> bool:  # the worker's ZREM, under its own user
+                return int(await probe.zcard(NAMES.in_flight(key_id))) == 0
+
+            await eventually(slot_freed, 10, "the worker to free the prediction's in-flight slot")
             backlog = await http.get("/health/backlog")  # what KEDA scales on: read by the api user
             assert backlog.status_code == 200, backlog.text
             assert [(p["partition"], p["consumers"]) for p in backlog.json()["partitions"]] == [(version.key, 1)]
@@ -433,6 +470,7 @@ async def test_every_role_does_its_job_under_its_own_user(acl: Acl, fresh_databa
         assert await probe.xlen(part.dlq) == 0
 
         assert await refusals(admin) == []  # no role was refused anything it sent
+        assert [e for e in api.proc.events() if e.get("event") == "quota.unchecked"] == []  # every route metered
 
         # ACL LOAD (as after a rotation) drops every connection: each role reconnects and carries on.
         # NOTE: a result published while the API's listener reconnects is missed (pub/sub is at-most-once) and its

@@ -21,6 +21,7 @@ from inferq.store.database import create_engine, create_sessionmaker
 from inferq.store.migrate import upgrade
 from inferq.store.registry import Registry
 
+from .apikeys import auth_env, bearer, make_key
 from .ports import free_port
 
 SIGNATURE = ModelSignature(
@@ -53,7 +54,9 @@ async def test_sigterm_answers_held_callers_with_202_then_exits(
         INFERQ_REDIS_URL=settings.services.redis_url or "",
         INFERQ_KEY_PREFIX=settings.services.key_prefix,
         INFERQ_WAIT_MAX_S="60",
+        **auth_env(settings),
     )
+    key = await make_key(settings, "predict")
     names = Names(settings.services.key_prefix)
     stream = names.work_stream(names.partition(served_model, 1))
     log = tmp_path / "serve.log"
@@ -64,7 +67,7 @@ async def test_sigterm_answers_held_callers_with_202_then_exits(
         )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
-        async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+        async with httpx.AsyncClient(base_url=base, timeout=30, headers=bearer(key)) as client:
             for _ in range(300):
                 try:
                     if (await client.get("/health/ready")).status_code == 200:

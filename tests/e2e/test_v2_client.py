@@ -1,4 +1,5 @@
-"""A stock ``tritonclient.http`` client, unchanged, against ``inferq serve`` + ``inferq worker`` processes."""
+"""A stock ``tritonclient.http`` client, unchanged, against ``inferq serve`` + ``inferq worker`` processes: the API
+key goes in each call's ``headers`` (tritonclient's own parameter), the server routes need none."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from inferq.store.database import create_engine, create_sessionmaker
 from inferq.store.migrate import upgrade
 from inferq.store.registry import Registry
 
+from .apikeys import auth_env, bearer, make_key
 from .ports import free_port
 
 httpclient = pytest.importorskip("tritonclient.http")
@@ -46,6 +48,8 @@ class Stack:
     url: str
     model: str
     onnx: dict[int, bytes]
+    key: str  # scope predict
+    jobs_key: str  # scope jobs only: no V2 model route takes it
 
 
 @pytest.fixture
@@ -66,7 +70,9 @@ async def stack(settings: Settings, tmp_path: Path) -> AsyncIterator[Stack]:
         INFERQ_DATABASE_URL=settings.services.database_url,
         INFERQ_REDIS_URL=settings.services.redis_url or "",
         INFERQ_KEY_PREFIX=settings.services.key_prefix,
+        **auth_env(settings),
     )
+    key, jobs_key = await make_key(settings, "predict"), await make_key(settings, "jobs")
     port = free_port()
     commands = {
         "serve": [sys.executable, "-m", "inferq", "serve", "--port", str(port)],
@@ -80,7 +86,7 @@ async def stack(settings: Settings, tmp_path: Path) -> AsyncIterator[Stack]:
             )
     url = f"127.0.0.1:{port}"
     try:
-        async with httpx.AsyncClient(base_url=f"http://{url}", timeout=10) as client:
+        async with httpx.AsyncClient(base_url=f"http://{url}", timeout=10, headers=bearer(key)) as client:
             for _ in range(600):  # the API answers, and both versions have a live consumer
                 try:
                     ready = [await client.get(f"/v2/models/{name}/versions/{v}/ready") for v in (1, 2)]
@@ -92,7 +98,7 @@ async def stack(settings: Settings, tmp_path: Path) -> AsyncIterator[Stack]:
             else:
                 logs = {p.name: p.read_text()[-2000:] for p in tmp_path.glob("*.log")}
                 raise AssertionError(f"the API and worker did not get ready: {logs}")
-        yield Stack(url=url, model=name, onnx=onnx)
+        yield Stack(url=url, model=name, onnx=onnx, key=key, jobs_key=jobs_key)
     finally:
         for proc in procs:
             if proc.returncode is None:
@@ -105,17 +111,25 @@ async def stack(settings: Settings, tmp_path: Path) -> AsyncIterator[Stack]:
                 await proc.wait()
 
 
-def client_session(url: str, model: str) -> dict[str, Any]:
-    """What a user's script does with the stock client (run in a thread: the client blocks)."""
+def client_session(url: str, model: str, key: str, jobs_key: str) -> dict[str, Any]:
+    """What a user's script does with the stock client (run in a thread: the client blocks). The server's own
+    routes (/v2, /v2/health/*) are called without a key; every model route with ``headers=auth()``."""
     client = httpclient.InferenceServerClient(url=url)
+
+    def auth() -> dict[str, str]:
+        # NOTE: a fresh dict per call: tritonclient's infer() writes into the dict it is given (Content-Encoding,
+        # Inference-Header-Content-Length), and a stale length sent with the next request truncates its JSON.
+        return bearer(key)
+
     seen: dict[str, Any] = {
         "live": client.is_server_live(),
         "ready": client.is_server_ready(),
-        "model_ready": client.is_model_ready(model),
-        "v2_ready": client.is_model_ready(model, model_version="2"),
+        "model_ready": client.is_model_ready(model, headers=auth()),
+        "v2_ready": client.is_model_ready(model, model_version="2", headers=auth()),
         "server": client.get_server_metadata(),
-        "metadata": client.get_model_metadata(model),
-        "metadata_v2": client.get_model_metadata(model, model_version="2"),
+        "metadata": client.get_model_metadata(model, headers=auth()),
+        "metadata_v2": client.get_model_metadata(model, model_version="2", headers=auth()),
+        "model_ready_without_key": client.is_model_ready(model),
     }
     binary = httpclient.InferInput("input", list(ROWS.shape), "FP32")
     binary.set_data_from_numpy(ROWS)  # binary_data=True: the default
@@ -123,23 +137,31 @@ def client_session(url: str, model: str) -> dict[str, Any]:
         httpclient.InferRequestedOutput("label"),  # binary_data=True: the default
         httpclient.InferRequestedOutput("probabilities", binary_data=False),
     ]
-    result = client.infer(model, [binary], outputs=outputs, request_id="r-1")
+    result = client.infer(model, [binary], outputs=outputs, request_id="r-1", headers=auth())
     seen["binary"] = {name: result.as_numpy(name) for name in ("label", "probabilities")}
     seen["binary_response"] = result.get_response()
     as_json = httpclient.InferInput("input", list(ROWS.shape), "FP32")
     as_json.set_data_from_numpy(ROWS, binary_data=False)
-    result = client.infer(model, [as_json], model_version="2", priority=1, timeout=5_000_000)  # no outputs listed
+    result = client.infer(  # no outputs listed
+        model, [as_json], model_version="2", priority=1, timeout=5_000_000, headers=auth()
+    )
     seen["json"] = {name: result.as_numpy(name) for name in ("label", "probabilities")}
     seen["json_response"] = result.get_response()
-    compressed = client.infer(model, [binary], request_compression_algorithm="gzip")
+    compressed = client.infer(model, [binary], request_compression_algorithm="gzip", headers=auth())
     seen["gzip"] = compressed.as_numpy("label")
     errors = {}
     wrong = httpclient.InferInput("input", list(ROWS.shape), "FP64")
     wrong.set_data_from_numpy(ROWS.astype(np.float64))
     for case, call in {
-        "datatype": lambda: client.infer(model, [wrong]),
-        "model": lambda: client.get_model_metadata(f"{model}-missing"),
-        "output": lambda: client.infer(model, [binary], outputs=[httpclient.InferRequestedOutput("scores")]),
+        "datatype": lambda: client.infer(model, [wrong], headers=auth()),
+        "model": lambda: client.get_model_metadata(f"{model}-missing", headers=auth()),
+        "output": lambda: client.infer(
+            model, [binary], outputs=[httpclient.InferRequestedOutput("scores")], headers=auth()
+        ),
+        "no_key": lambda: client.infer(model, [binary]),
+        "bad_key": lambda: client.infer(model, [binary], headers=bearer("iq_" + "0" * 16 + "_" + "0" * 48)),
+        "jobs_key": lambda: client.infer(model, [binary], headers=bearer(jobs_key)),
+        "metadata_without_key": lambda: client.get_model_metadata(model),
     }.items():
         try:
             call()
@@ -151,8 +173,9 @@ def client_session(url: str, model: str) -> dict[str, Any]:
 
 
 async def test_the_stock_triton_http_client_works_unchanged(stack: Stack, settings: Settings) -> None:
-    seen = await asyncio.to_thread(client_session, stack.url, stack.model)
+    seen = await asyncio.to_thread(client_session, stack.url, stack.model, stack.key, stack.jobs_key)
     assert (seen["live"], seen["ready"], seen["model_ready"], seen["v2_ready"]) == (True, True, True, True)
+    assert seen["model_ready_without_key"] is False  # the stock client's answer to a 401
     assert seen["server"]["name"] == "inferq"
     assert "binary_tensor_data" in seen["server"]["extensions"]
     assert seen["metadata"]["platform"] == "onnxruntime_onnx"
@@ -176,3 +199,8 @@ async def test_the_stock_triton_http_client_works_unchanged(stack: Stack, settin
     assert errors["datatype"] == ("400", "input 'input': datatype FP64; the model takes FP32")
     assert errors["model"][0] == "404"
     assert errors["output"] == ("400", "unknown output 'scores'; this model's outputs are: label, probabilities")
+    assert errors["no_key"] == ("401", "missing API key: send 'Authorization: Bearer iq_<id>_<secret>'")
+    assert errors["bad_key"] == ("401", "invalid, revoked or expired API key")
+    assert errors["jobs_key"][0] == "403"
+    assert "'predict'" in errors["jobs_key"][1]
+    assert errors["metadata_without_key"][0] == "401"

@@ -1,5 +1,5 @@
 """Fault-test fixtures: the run's database migrated once, and a ``Stack`` per test (own Redis, own prefix,
-own processes), torn down even when the test fails."""
+own processes, the run's API key pepper and a key of its own), torn down even when the test fails."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from inferq.settings import Settings
 from inferq.store.migrate import upgrade
 
 from .harness import Stack
@@ -19,9 +20,16 @@ async def migrated_database(database_url: str) -> str:
     return database_url
 
 
+@pytest.fixture(scope="session")
+def pepper(settings: Settings) -> str:
+    """The run's API key pepper (tests/conftest.py's ``TEST_PEPPER``, through the run's settings)."""
+    assert settings.auth.api_key_pepper
+    return settings.auth.api_key_pepper
+
+
 @pytest.fixture
-async def stack(migrated_database: str, tmp_path: Path) -> AsyncIterator[Stack]:
-    opened = Stack.open(tmp_path, migrated_database)
+async def stack(migrated_database: str, pepper: str, tmp_path: Path) -> AsyncIterator[Stack]:
+    opened = await Stack.open(tmp_path, migrated_database, pepper=pepper)
     try:
         yield opened
     finally:

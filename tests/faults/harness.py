@@ -2,6 +2,8 @@
 
 Every process is started in a new session (its own process group), so a test can stop, continue or
 kill exactly the group it started, and the stack's ``close`` always ends them, failures included.
+Every process gets the run's API key pepper; the stack makes a key (tenant ``default``, every scope)
+when it opens, and ``Api.client()`` sends it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any
 import httpx
 import redis.asyncio as aioredis
 
+from inferq.contracts.auth import SCOPES, Scope, TenantLimits
 from inferq.contracts.messages import InferResult
 from inferq.contracts.models import ModelVersion
 from inferq.contracts.names import Names
@@ -33,12 +36,26 @@ from inferq.embedded import EmbeddedPostgres, EmbeddedRedis
 from inferq.embedded.redis_server import free_port
 from inferq.engine import read_signature
 from inferq.store.database import create_engine, create_sessionmaker
+from inferq.store.keys import KeyHasher, KeyStore
 from inferq.store.registry import Registry
 from inferq.streams.partition import Partition
 from inferq.streams.results import decode_stored
 
 # The tests' own environment minus anything inferq would read: each process gets exactly ours.
 BASE_ENV = {k: v for k, v in os.environ.items() if not k.startswith("INFERQ_") and k != "PROMETHEUS_MULTIPROC_DIR"}
+
+# Limits no fault test reaches unless it sets its own (a tenant's limits, or these through ``serve(**env)``):
+# the per-key rate and in-flight quotas, and the per-address bucket in front of key lookups that miss the API's
+# cache. NOTE: that bucket is spent once per concurrent request while the key is not cached (at the first
+# request, and after each INFERQ_KEY_CACHE_S), so a burst of more than its 30 concurrent calls would get 429s
+# (an inferq defect: tests/faults/test_key_lookups.py, which sets the bucket back to small).
+AUTH_ENV: dict[str, object] = {
+    "INFERQ_KEY_RATE_PER_S": 1_000_000,
+    "INFERQ_KEY_BURST": 1_000_000,
+    "INFERQ_KEY_CONCURRENCY": 1_000_000,
+    "INFERQ_AUTH_IP_RATE": 1_000_000,
+    "INFERQ_AUTH_IP_BURST": 1_000_000,
+}
 
 
 def unique(stem: str) -> str:
@@ -131,18 +148,24 @@ class Proc:
             self.popen.wait(5)
 
 
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
 @dataclass
 class Api:
     proc: Proc
     port: int
+    key: str  # the stack's key: tenant ``default``, every scope
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def client(self, timeout_s: float = 60.0) -> httpx.AsyncClient:
+    def client(self, timeout_s: float = 60.0, *, key: str | None = None) -> httpx.AsyncClient:
+        """A client sending ``key`` (default: the stack's) on every request."""
         limits = httpx.Limits(max_connections=400, max_keepalive_connections=400)
-        return httpx.AsyncClient(base_url=self.url, timeout=timeout_s, limits=limits)
+        return httpx.AsyncClient(base_url=self.url, timeout=timeout_s, limits=limits, headers=bearer(key or self.key))
 
 
 @dataclass
@@ -153,13 +176,30 @@ class Stack:
     database_url: str
     redis: EmbeddedRedis
     prefix: str
+    pepper: str  # INFERQ_API_KEY_PEPPER of every process
+    key: str = ""  # tenant ``default``, every scope (made by ``open``)
     procs: list[Proc] = field(default_factory=list)
     clients: list[aioredis.Redis] = field(default_factory=list)
 
     @classmethod
-    def open(cls, root: Path, database_url: str) -> Stack:
-        redis = EmbeddedRedis(root / "redis", persist=False).start()
-        return cls(root=root, database_url=database_url, redis=redis, prefix=f"iqf-{secrets.token_hex(4)}")
+    async def open(
+        cls, root: Path, database_url: str, *, pepper: str, redis: EmbeddedRedis | None = None, prefix: str = ""
+    ) -> Stack:
+        """A stack on ``database_url`` (migrated) with its own Redis (or ``redis``, started by the caller) and
+        its key made. A Redis it started is stopped again if the key cannot be made."""
+        own = redis is None
+        server = EmbeddedRedis(root / "redis", persist=False).start() if redis is None else redis
+        stack = cls(
+            root=root, database_url=database_url, redis=server, prefix=prefix or f"iqf-{secrets.token_hex(4)}",
+            pepper=pepper,
+        )  # fmt: skip
+        try:
+            stack.key = await stack.key_for("default")
+        except BaseException:
+            if own:
+                server.stop()
+            raise
+        return stack
 
     async def close(self) -> None:
         for proc in reversed(self.procs):
@@ -205,6 +245,17 @@ class Stack:
         finally:
             await engine.dispose()
 
+    async def key_for(self, tenant: str, *scopes: Scope, **limits: Any) -> str:
+        """A new key for ``tenant`` with ``scopes`` (all when none); ``limits``: the tenant's own, set first."""
+        engine = create_engine(self.database_url)
+        try:
+            keys = KeyStore(create_sessionmaker(engine), hasher=KeyHasher(self.pepper))
+            if limits:
+                await keys.set_limits(tenant, TenantLimits(**limits))
+            return (await keys.create(tenant=tenant, scopes=scopes or SCOPES, name="fault tests")).key
+        finally:
+            await engine.dispose()
+
     # -- processes ---------------------------------------------------------------------------------
 
     def env(self, **extra: object) -> dict[str, str]:
@@ -222,8 +273,9 @@ class Stack:
             INFERQ_DISCOVERY_INTERVAL_S="0.5",
             INFERQ_CATALOG_REFRESH_S="0.5",
             INFERQ_CATALOG_MISS_REFRESH_S="0.1",
+            INFERQ_API_KEY_PEPPER=self.pepper,
         )
-        env.update({key: str(value) for key, value in extra.items()})
+        env.update({key: str(value) for key, value in {**AUTH_ENV, **extra}.items()})
         return env
 
     def spawn(self, name: str, args: Sequence[str], env: dict[str, str]) -> Proc:
@@ -240,7 +292,7 @@ class Stack:
 
     def serve(self, **env: object) -> Api:
         port = free_port()
-        return Api(self.spawn("serve", ["serve", "--port", str(port)], self.env(**env)), port)
+        return Api(self.spawn("serve", ["serve", "--port", str(port)], self.env(**env)), port, self.key)
 
     def worker(self, versions: Sequence[ModelVersion], *, processes: int = 1, **env: object) -> Proc:
         models = ",".join(v.key for v in versions)

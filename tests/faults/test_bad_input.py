@@ -40,10 +40,12 @@ class BadInputWorld:
 
 
 @pytest.fixture(scope="module")
-async def world(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[BadInputWorld]:
+async def world(
+    database_url: str, pepper: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[BadInputWorld]:
     """One Redis and one serve process for the whole table (no worker: nothing may be enqueued)."""
     await upgrade(database_url)
-    stack = Stack.open(Path(tmp_path_factory.mktemp("bad-input")), database_url)
+    stack = await Stack.open(Path(tmp_path_factory.mktemp("bad-input")), database_url, pepper=pepper)
     try:
         floats, ints = unique("floats"), unique("ints")
         versions = [

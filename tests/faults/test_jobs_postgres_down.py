@@ -1,6 +1,10 @@
 """Postgres stopped while a job is submitted: a 503 with ``Retry-After``, nothing on the streams, and a retry
 with the same ``Idempotency-Key`` once it is back makes exactly one job. The test has a Postgres of its own
-(the run's shared server is never stopped)."""
+(the run's shared server is never stopped).
+
+The API key is looked up (in Postgres) before it is cached: the tests warm the cache and keep it for the
+whole test (``INFERQ_KEY_CACHE_S``), so what meets the outage is the job's own path; a key not yet cached
+is refused with a 503 (fail closed)."""
 
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ from .test_jobs_kit import (
 
 CHUNK_ROWS = 200
 ROWS = 600  # three chunks
+API_ENV = {"INFERQ_CHUNK_ROWS": CHUNK_ROWS, "INFERQ_KEY_CACHE_S": 3600}  # a key once looked up outlives the outage
 
 
 @pytest.fixture
@@ -46,11 +51,11 @@ async def own_postgres(tmp_path: Path) -> AsyncIterator[OwnPostgres]:
 
 
 @pytest.fixture
-async def pg_stack(own_postgres: OwnPostgres, tmp_path: Path) -> AsyncIterator[Stack]:
+async def pg_stack(own_postgres: OwnPostgres, pepper: str, tmp_path: Path) -> AsyncIterator[Stack]:
     """A stack whose database is the test's own Postgres (stopped and started by the test)."""
     root = tmp_path / "stack"
     root.mkdir()
-    opened = Stack.open(root, own_postgres.url)
+    opened = await Stack.open(root, own_postgres.url, pepper=pepper)
     try:
         yield opened
     finally:
@@ -70,18 +75,22 @@ async def test_postgres_stopped_during_submission_503_nothing_enqueued_retry_mak
     stack = pg_stack
     version = await stack.register(affine_model(), name=unique("affine"))
     part = stack.partition(version)
-    api = stack.serve(INFERQ_CHUNK_ROWS=CHUNK_ROWS)
+    api = stack.serve(**API_ENV)
     await stack.api_ready(api)
     redis = stack.client()
+    uncached = await stack.key_for("default", "jobs")  # never sent before Postgres stops
     key = f"nightly-{secrets.token_hex(4)}"
     inputs, custom_ids = job_rows(ROWS)
     body = {"model": version.key, "inputs": inputs, "custom_ids": custom_ids}
     headers = {"Idempotency-Key": key}
 
-    async with api.client(timeout_s=30) as http:
+    async with api.client(timeout_s=30) as http, api.client(timeout_s=30, key=uncached) as stranger:
+        warm = await http.get("/v1/models")  # the stack's key is looked up, and cached, while Postgres is up
+
         # 1. Postgres is down when the request comes.
         own_postgres.stop()
         down = await http.post("/v1/jobs", json=body, headers=headers)
+        unchecked = await stranger.post("/v1/jobs", json=body, headers=headers)
         down_lanes = await lanes(redis, part)
         own_postgres.start()
 
@@ -130,8 +139,10 @@ async def test_postgres_stopped_during_submission_503_nothing_enqueued_retry_mak
 
         await eventually(settled, 10, "the job's entries to be acked and deleted")
 
+    assert warm.status_code == 200, warm.text
     assert unavailable(down)[:2] == (503, "service_unavailable"), down.text
     assert unavailable(down)[2] >= 1
+    assert unavailable(unchecked)[:2] == (503, "service_unavailable"), unchecked.text  # fail closed, not a pass
     assert down_lanes == (0, 0, 0)
     assert [statement.lstrip().upper()[:11] for statement in blocked.values()] == ["UPDATE JOBS"]
     assert visible_before_stop == 0  # not committed
@@ -188,7 +199,7 @@ async def test_postgres_lost_after_commit_before_enqueue_is_still_a_202(
     stack = pg_stack
     version = await stack.register(affine_model(), name=unique("affine"))
     part = stack.partition(version)
-    api = stack.serve(INFERQ_CHUNK_ROWS=CHUNK_ROWS)
+    api = stack.serve(**API_ENV)
     await stack.api_ready(api)
     redis = stack.client()
     inputs, custom_ids = job_rows(ROWS)
