@@ -3,7 +3,7 @@ own processes, the run's API key pepper and a key of its own), torn down even wh
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Generator
 from pathlib import Path
 
 import pytest
@@ -34,3 +34,17 @@ async def stack(migrated_database: str, pepper: str, tmp_path: Path) -> AsyncIte
         yield opened
     finally:
         await opened.close()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failed fault test carries every worker's task and thread stacks (SIGUSR1, before the stack is
+    torn down): a stall in CI explains itself instead of only timing out."""
+    report = yield
+    if report.when == "call" and report.failed:
+        from .diagnostics import worker_stacks
+
+        report.sections.append(("worker stacks", worker_stacks()))
+    return report
