@@ -113,6 +113,15 @@ class AuthSettings(msgspec.Struct, frozen=True, kw_only=True):
     max_rows: Annotated[int, msgspec.Meta(ge=1)] = 10_000  # rows per prediction request
 
 
+class PredictionLogSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """The prediction log (workers write it, ``inferq tasks`` prunes it, the API's stats read it)."""
+
+    prediction_log_sample: Annotated[float, msgspec.Meta(ge=0, le=1)] = 1.0  # share of results logged; 0 = off
+    prediction_log_retention_s: Annotated[float, msgspec.Meta(gt=0)] = 30 * 86_400.0
+    prediction_log_buffer: Annotated[int, msgspec.Meta(ge=1)] = 100_000  # rows a worker holds; more are dropped
+    prediction_log_flush_s: Annotated[float, msgspec.Meta(gt=0)] = 1.0  # a worker writes its rows this often
+
+
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     services: ServiceSettings = ServiceSettings()
     engine: EngineSettings = EngineSettings()
@@ -120,8 +129,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     api: ApiSettings = ApiSettings()
     jobs: JobsSettings = JobsSettings()
     auth: AuthSettings = AuthSettings()
+    prediction_log: PredictionLogSettings = PredictionLogSettings()
     host: str = "127.0.0.1"
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8000
+    # /metrics of the worker supervisor and of `inferq tasks`, on ``host`` (docs/metrics.md); 0 = not served.
+    worker_metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 9101
+    tasks_metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 9102
     log_level: str = "info"
     webhook_allow_private: bool = False
     api_key: str | None = None  # the key client commands (`inferq jobs submit`) send
@@ -194,7 +207,8 @@ _SECTION_OF: dict[str, str] = {
     **{name: "api" for name in ApiSettings.__struct_fields__},
     **{name: "jobs" for name in JobsSettings.__struct_fields__},
     **{name: "auth" for name in AuthSettings.__struct_fields__},
+    **{name: "prediction_log" for name in PredictionLogSettings.__struct_fields__},
 }
-_SECTIONS = ("services", "engine", "queue", "api", "jobs", "auth")
+_SECTIONS = ("services", "engine", "queue", "api", "jobs", "auth", "prediction_log")
 _ENV_NAME = {field: alias for alias, field in _FIELD_ALIASES.items()}
 _TOP_FIELDS = frozenset(set(Settings.__struct_fields__) - set(_SECTIONS))

@@ -22,8 +22,10 @@ from inferq.api.problems import from_http, problem_details_plugin
 from inferq.api.routes import HANDLERS
 from inferq.api.routes.admin import ADMIN_HANDLERS
 from inferq.api.routes.jobs import JOB_HANDLERS
+from inferq.api.routes.stats import STATS_HANDLERS
 from inferq.api.routes.v2 import V2_ROUTER
 from inferq.api.service import PredictionService
+from inferq.api.stats import StatsService
 from inferq.api.v2 import errors as v2_errors
 from inferq.api.v2.inference import V2Inference
 from inferq.api.v2.metadata import V2Metadata, server_version
@@ -45,7 +47,7 @@ def create_app(settings: Settings) -> Litestar:
                 app.state.services = None
 
     return Litestar(
-        route_handlers=[*HANDLERS, *JOB_HANDLERS, *ADMIN_HANDLERS, V2_ROUTER, static_router()],
+        route_handlers=[*HANDLERS, *JOB_HANDLERS, *ADMIN_HANDLERS, *STATS_HANDLERS, V2_ROUTER, static_router()],
         dependencies={
             "predictions": Provide(_predictions, sync_to_thread=False),
             "models": Provide(_models, sync_to_thread=False),
@@ -55,6 +57,7 @@ def create_app(settings: Settings) -> Litestar:
             "v2_inference": Provide(_v2_inference, sync_to_thread=False),
             "jobs": Provide(_jobs, sync_to_thread=False),
             "keys": Provide(_keys, sync_to_thread=False),
+            "stats": Provide(_stats, sync_to_thread=False),
         },
         lifespan=[lifespan],
         state=State({"settings": settings, "metrics": metrics, "services": None}),
@@ -120,3 +123,7 @@ def _jobs(state: State) -> JobService:
 
 def _keys(state: State) -> KeyStore:
     return _services(state).keys
+
+
+def _stats(state: State) -> StatsService:
+    return _services(state).stats

@@ -1,23 +1,25 @@
-"""Prometheus metrics of one API app: requests by route and status, predictions by outcome, and the
-state of every partition's streams.
+"""Prometheus metrics of one API app: requests by route and status, predictions by outcome, the
+state of every partition's streams, and batch jobs by status.
 
 Each app gets its own registry (tests count exactly). With ``PROMETHEUS_MULTIPROC_DIR`` set before
 prometheus-client is imported, values live in that directory and ``render`` sums every process's.
 The stream gauges are not process state: they are a reading of Redis taken for each scrape
 (``ModelDirectory.backlog``), rendered from a registry of their own, so a partition that went away
-leaves no stale series behind.
+leaves no stale series behind. Jobs by status are read the same way, from Postgres (``JobCounts``).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
+from inferq.api.job_counts import FINISHED_WINDOW, JobCounts
+from inferq.contracts.jobs import JOB_STATUSES, OPEN_STATUSES
 from inferq.streams.backlog import Backlog
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -49,6 +51,14 @@ class Metrics:
             ["model", "version", "outcome"],
             registry=self.registry,
         )
+        self.prediction_latency = Histogram(
+            "inferq_api_prediction_duration_seconds",
+            "End to end: from a prediction's arrival to its result, for callers answered with the result (200), "
+            "by model and resolved version (queue wait + inference + the hops between).",
+            ["model", "version"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.held = Gauge(
             "inferq_api_held_requests",
             "Callers currently held waiting for a result.",
@@ -56,9 +66,11 @@ class Metrics:
             multiprocess_mode="livesum",
         )
 
+        self.jobs: JobCounts | None = None  # set by the app's runtime while it is open (api/runtime.py)
         # NOTE: labelled children cached by label values: ``labels()`` takes a lock and builds a key.
         self._requests: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self._predictions: dict[tuple[str, int, str], Counter] = {}
+        self._latencies: dict[tuple[str, int], Histogram] = {}
 
     def count_request(self, *, route: str, method: str, status: int, seconds: float) -> None:
         key = (route, method, status)
@@ -71,6 +83,13 @@ class Metrics:
         children[0].inc()
         children[1].observe(seconds)
 
+    def observe_prediction(self, *, model: str, version: int, seconds: float) -> None:
+        key = (model, version)
+        child = self._latencies.get(key)
+        if child is None:
+            child = self._latencies[key] = self.prediction_latency.labels(model, str(version))
+        child.observe(seconds)
+
     def count_prediction(self, *, model: str, version: int, outcome: str) -> None:
         key = (model, version, outcome)
         child = self._predictions.get(key)
@@ -78,16 +97,25 @@ class Metrics:
             child = self._predictions[key] = self.predictions.labels(model, str(version), outcome)
         child.inc()
 
-    def render(self, backlog: Backlog | None = None) -> bytes:
+    async def read_jobs(self) -> Mapping[str, int] | None:
+        """Jobs by status (cached), or None when there is no reader or Postgres could not say."""
+        return None if self.jobs is None else await self.jobs.read()
+
+    def render(self, backlog: Backlog | None = None, jobs: Mapping[str, int] | None = None) -> bytes:
         """The exposition text: every process's values in multiprocess mode, else this app's; then the
-        stream gauges of ``backlog`` (none when Redis could not be read)."""
+        stream gauges of ``backlog`` (none when Redis could not be read) and the job counts of ``jobs``
+        (none when Postgres could not be read)."""
         directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         registry = self.registry
         if directory:
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
         text = generate_latest(registry)
-        return text if backlog is None else text + generate_latest(_stream_gauges(backlog))
+        if backlog is not None:
+            text += generate_latest(_families(StreamGauges(backlog)))
+        if jobs is not None:
+            text += generate_latest(_families(JobGauges(jobs)))
+        return text
 
 
 class StreamGauges(Collector):
@@ -135,7 +163,26 @@ class StreamGauges(Collector):
         yield from (waiting, pending, oldest, consumers, dead)
 
 
-def _stream_gauges(backlog: Backlog) -> CollectorRegistry:
+class JobGauges(Collector):
+    """``inferq_jobs``: one reading of Postgres, as a metric family (not a ``Gauge``: see ``StreamGauges``)."""
+
+    def __init__(self, counts: Mapping[str, int]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "inferq_jobs",
+            f"Batch jobs by status: {' and '.join(OPEN_STATUSES)} now; the others only those that finished in the "
+            f"last {FINISHED_WINDOW} (the table keeps finished jobs for INFERQ_JOB_RETENTION_S; counting them all "
+            "would scan it on every scrape).",
+            labels=["status"],
+        )
+        for status in JOB_STATUSES:  # every status, 0 included: an absent series is not a zero
+            family.add_metric([status], self._counts.get(status, 0))
+        yield family
+
+
+def _families(collector: Collector) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(StreamGauges(backlog))
+    registry.register(collector)
     return registry

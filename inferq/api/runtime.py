@@ -12,9 +12,11 @@ from inferq.api.catalog import ModelCatalog
 from inferq.api.directory import ModelDirectory
 from inferq.api.headers import CallLimits
 from inferq.api.health import HealthChecks
+from inferq.api.job_counts import JobCounts
 from inferq.api.jobs import JobService
 from inferq.api.metrics import Metrics
 from inferq.api.service import PredictionService
+from inferq.api.stats import StatsService
 from inferq.api.v2.inference import V2Inference
 from inferq.api.v2.metadata import V2Metadata
 from inferq.contracts.names import Names
@@ -24,6 +26,7 @@ from inferq.store.database import create_engine, create_sessionmaker
 from inferq.store.deliveries import DeliveryStore
 from inferq.store.jobs import JobStore
 from inferq.store.keys import KeyHasher, KeyStore
+from inferq.store.prediction_stats import PredictionStats
 from inferq.store.registry import Registry
 from inferq.streams.connection import connect
 from inferq.streams.producer import Producer
@@ -48,6 +51,7 @@ class Services:
     auth: Authenticator
     quotas: Quotas
     keys: KeyStore
+    stats: StatsService
 
 
 @contextlib.asynccontextmanager
@@ -94,6 +98,7 @@ async def opened(settings: Settings, *, metrics: Metrics) -> AsyncIterator[Servi
         redis_timeout_s=services.socket_timeout_s,
         metrics=metrics,
     )
+    metrics.jobs = JobCounts(engine)  # inferq_jobs on /metrics, read from this process's engine
     try:
         await catalog.start()
         # NOTE: subscribe before the first XADD; when Redis is down the listener keeps retrying
@@ -128,8 +133,10 @@ async def opened(settings: Settings, *, metrics: Metrics) -> AsyncIterator[Servi
             auth=Authenticator.of(settings, keys, hasher),
             quotas=Quotas(redis, names),
             keys=keys,
+            stats=StatsService(catalog=catalog, store=PredictionStats(sessionmaker)),
         )
     finally:
+        metrics.jobs = None
         predictions.drain()
         await catalog.stop()
         await listener.stop()

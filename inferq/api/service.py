@@ -174,6 +174,9 @@ class PredictionService:
         result = future.result() if future.done() and not future.cancelled() else await self._late_result(message.id)
         outcome = result.status if result is not None else "accepted" if call.placehold else "timed_out"
         self._metrics.count_prediction(model=version.model, version=version.version, outcome=outcome)
+        if result is not None and result.status == "succeeded":
+            seconds = time.perf_counter() - started
+            self._metrics.observe_prediction(model=version.model, version=version.version, seconds=seconds)
         if result is None:
             if call.placehold:
                 await self._placehold(

@@ -8,6 +8,7 @@ from sqlalchemy.exc import IntegrityError
 from inferq.cli.output import emit, say
 from inferq.cli.runtime import opened, require_safe_redis
 from inferq.errors import InvalidInput
+from inferq.observability.exposition import served
 from inferq.observability.logs import configure_logging
 from inferq.settings import Settings, redacted_url
 from inferq.store.deliveries import DeliveryStore
@@ -17,14 +18,19 @@ from inferq.webhooks.signatures import new_secret
 
 async def run_tasks_command(settings: Settings) -> int:
     """Start embedded services when no URLs are set, then run the task worker until SIGTERM/SIGINT."""
+    from inferq.workers.task_metrics import TaskMetrics
     from inferq.workers.tasks import run_tasks
 
     configure_logging(settings.log_level)
-    async with opened(settings, redis=True) as rt:
+    metrics = TaskMetrics()
+    async with (
+        opened(settings, redis=True) as rt,
+        served(metrics.render, host=settings.host, port=settings.tasks_metrics_port),  # INFERQ_TASKS_METRICS_PORT
+    ):
         await require_safe_redis(settings, rt.services, embedded=settings.services.redis_url is None)
         queue, redis = queue_name(settings.services.key_prefix), redacted_url(rt.services.redis_url)
         say(f"inferq tasks: queue {queue} on redis {redis}")
-        return await run_tasks(msgspec.structs.replace(settings, services=rt.services))
+        return await run_tasks(msgspec.structs.replace(settings, services=rt.services), metrics=metrics)
 
 
 async def print_secret(settings: Settings, *, tenant: str, rotate: bool) -> int:

@@ -175,4 +175,3 @@ def _view(row: ApiKeyRow, now: dt.datetime) -> KeyView:
         revoked_at=row.revoked_at,
         active=active,
     )
-

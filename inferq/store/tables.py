@@ -297,3 +297,40 @@ class ApiKeyRow(Base):
         CheckConstraint("cardinality(scopes) > 0 AND scopes <@ ARRAY['predict', 'jobs', 'admin']", name="scopes"),
         CheckConstraint("octet_length(secret_hash) = 32", name="hash_length"),
     )
+
+
+# The prediction log: one row per logged result, written by the workers in batches (migration 0004).
+# NOTE: appended as one block with its own imports so this section merges cleanly; hoist them when convenient.
+from sqlalchemy import REAL  # noqa: E402
+
+from inferq.contracts.messages import TERMINAL_STATES  # noqa: E402
+
+
+class PredictionLogRow(Base):
+    """One settled prediction request: who, which version, how it ended, its timings, what it predicted.
+
+    ``predicted``: the class of a one-row classifier result; ``predicted_counts``: ``{class: rows}`` of a
+    larger one. ``created_at`` is the worker's clock when the result was settled. No foreign keys: a
+    row per prediction must cost one index entry or two, not a lookup. Retention walks ``id``, which
+    is issued in insertion order (a BRIN on ``created_at`` would widen and never narrow as rows are
+    deleted and their space reused, until every range matched).
+    """
+
+    __tablename__ = "prediction_log"
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    created_at: Mapped[dt.datetime] = _created_at()
+    tenant: Mapped[str] = mapped_column(Text)
+    model: Mapped[str] = mapped_column(Text)
+    version: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(Text)
+    error_code: Mapped[str | None] = mapped_column(Text)
+    queue_ms: Mapped[float | None] = mapped_column(REAL)
+    inference_ms: Mapped[float | None] = mapped_column(REAL)
+    row_count: Mapped[int] = mapped_column(Integer)
+    predicted: Mapped[str | None] = mapped_column(Text)
+    predicted_counts: Mapped[dict[str, Any] | None]
+    __table_args__ = (
+        CheckConstraint(f"status IN {tuple(sorted(TERMINAL_STATES))!r}", name="status"),
+        CheckConstraint("row_count >= 0", name="rows_nonnegative"),
+        Index("ix_prediction_log_model_created_at", "model", "created_at"),
+    )

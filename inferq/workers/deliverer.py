@@ -25,6 +25,7 @@ from inferq.streams.tasks import TaskQueue
 from inferq.webhooks import signatures
 from inferq.webhooks.schedule import next_delay
 from inferq.webhooks.sender import send
+from inferq.workers.task_metrics import TaskMetrics
 
 log = structlog.get_logger(__name__)
 
@@ -43,12 +44,14 @@ class Deliverer:
         client: httpx.AsyncClient,
         jobs: JobsSettings,
         allow_private: bool,
+        metrics: TaskMetrics | None = None,
     ) -> None:
         self._deliveries = deliveries
         self._queue = queue
         self._client = client
         self._jobs = jobs
         self._allow_private = allow_private
+        self._metrics = metrics
 
     async def attempt(self, delivery_id: str, *, n: int) -> DeliveryStatus | None:
         """Make attempt ``n`` (from 1); the delivery's status afterwards, or None when there was nothing to do.
@@ -81,6 +84,8 @@ class Deliverer:
                 max_attempts=self._jobs.webhook_max_attempts,
                 retry_after=outcome.retry_after_s,
             )
+        if self._metrics is not None:  # sent: counted even if recording it fails below (it is sent again then)
+            self._metrics.count_attempt(outcome, retry_in_s=delay_s)
         next_at = None if delay_s is None else dt.datetime.now(dt.UTC) + dt.timedelta(seconds=delay_s)
         try:
             status = await self._deliveries.record_attempt(

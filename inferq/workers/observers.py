@@ -16,7 +16,10 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from inferq.settings import Settings
+from inferq.store.prediction_log import PredictionLogStore
 from inferq.streams.partition import Partition
+from inferq.workers.metrics import worker_metrics
+from inferq.workers.prediction_log import PredictionLogWriter
 
 if TYPE_CHECKING:
     from inferq.workers.publisher import Outcome
@@ -56,4 +59,10 @@ def observers_for(settings: Settings, sessions: async_sessionmaker[AsyncSession]
     """Every observer a worker process runs (metrics, the prediction log), from its settings."""
     observers: list[Observe] = []
     closers: list[Closable] = []
+    if settings.worker_metrics_port:  # 0: nobody serves them (docs/metrics.md)
+        observers.append(worker_metrics().observe)
+    if settings.prediction_log.prediction_log_sample > 0:  # 0: no log at all, not even a buffer
+        prediction_log = PredictionLogWriter.of(settings.prediction_log, PredictionLogStore(sessions))
+        observers.append(prediction_log.observe)
+        closers.append(prediction_log)
     return Observers(observers, closers)

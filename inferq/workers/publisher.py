@@ -67,16 +67,20 @@ class Publisher:
     async def settle(self, part: Partition, outcomes: Sequence[Outcome], *, consumer: str) -> None:
         """Store and announce every result, then dead-letter or ack each entry. Raises on Redis errors:
         nothing is lost, the entries stay pending and the caller settles again (stores are idempotent)."""
+        if self._observe is not None:  # before ``prepare``, which keeps job chunks' results for Postgres only
+            self._observe(part, outcomes)
         outcomes = await self.prepare(outcomes)
         if not outcomes:
             return
         pipe = self._redis.pipeline(transaction=False)
-        self.queue(pipe, part, outcomes, consumer=consumer)
+        self.queue(pipe, part, outcomes, consumer=consumer, observed=True)
         await pipe.execute()
 
-    def queue(self, pipe: Pipeline, part: Partition, outcomes: Sequence[Outcome], *, consumer: str) -> None:
+    def queue(
+        self, pipe: Pipeline, part: Partition, outcomes: Sequence[Outcome], *, consumer: str, observed: bool = False
+    ) -> None:
         """Queue ``settle``'s commands on ``pipe``, for a caller that adds more to the round trip."""
-        if self._observe is not None:
+        if self._observe is not None and not observed:
             self._observe(part, outcomes)
         for outcome in outcomes:
             if outcome.result is not None:

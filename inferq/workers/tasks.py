@@ -24,13 +24,16 @@ from inferq.settings import Settings
 from inferq.store.database import create_engine, create_sessionmaker
 from inferq.store.deliveries import DeliveryStore
 from inferq.store.jobs import JobStore
+from inferq.store.prediction_log import PredictionLogStore
 from inferq.streams.connection import UNAVAILABLE, connect
 from inferq.streams.tasks import DELIVER, RECONCILE, TaskQueue, deserialize, queue_name, serialize
 from inferq.webhooks.sender import new_client
 from inferq.webhooks.signatures import new_secret
 from inferq.workers.backoff import Backoff, sleep_unless
 from inferq.workers.deliverer import Deliverer, deliver
-from inferq.workers.reconciler import Reconciler, reconcile
+from inferq.workers.log_retention import LogRetention, reconcile_and_prune
+from inferq.workers.reconciler import Reconciler
+from inferq.workers.task_metrics import TaskMetrics
 
 log = structlog.get_logger(__name__)
 
@@ -46,8 +49,9 @@ RESTART_MAX_S = 30.0  # Redis lost: a new worker after 0.5, 1, 2 … s, at most 
 class Lifecycle:
     """arq's ``on_startup``/``on_shutdown``: the stores, HTTP client and services the jobs find in ``ctx``."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, metrics: TaskMetrics | None = None) -> None:
         self._settings = settings
+        self._metrics = metrics
 
     async def startup(self, ctx: dict[str, Any]) -> None:
         """Fill ``ctx`` (``ctx["redis"]`` is arq's connection): ``deliverer``, ``reconciler`` and what they use."""
@@ -67,6 +71,7 @@ class Lifecycle:
             client=client,
             jobs=settings.jobs,
             allow_private=settings.webhook_allow_private,
+            metrics=self._metrics,
         )
         ctx["reconciler"] = Reconciler(
             jobs=JobStore(sessions),
@@ -76,6 +81,8 @@ class Lifecycle:
             queue=queue,
             settings=settings.jobs,
         )
+        retention_s = settings.prediction_log.prediction_log_retention_s
+        ctx["log_retention"] = LogRetention(PredictionLogStore(sessions), retention_s=retention_s)
         ctx["ticker"] = asyncio.create_task(tick(queue, interval_s=settings.jobs.reconcile_interval_s))
         log.info("tasks.started", queue=queue.name, reconcile_interval_s=settings.jobs.reconcile_interval_s)
 
@@ -109,17 +116,17 @@ async def tick(queue: TaskQueue, *, interval_s: float) -> None:
         await asyncio.sleep((slot + 1) * interval_s - time.time())
 
 
-def worker_options(settings: Settings) -> dict[str, Any]:
+def worker_options(settings: Settings, *, metrics: TaskMetrics | None = None) -> dict[str, Any]:
     """The arq ``Worker`` keyword arguments (a ``WorkerSettings`` built from Settings, not a class)."""
     jobs = settings.jobs
     name = queue_name(settings.services.key_prefix)
-    lifecycle = Lifecycle(settings)
+    lifecycle = Lifecycle(settings, metrics=metrics)
     return {
         "functions": [
             func(deliver, name=DELIVER, timeout=jobs.webhook_timeout_s + DB_MARGIN_S, keep_result=0),
             # a pass's result is kept a little: a late tick of another worker then finds the slot taken
             func(
-                reconcile,
+                reconcile_and_prune,  # the reconciler's pass, then the prediction log's retention
                 name=RECONCILE,
                 timeout=RECONCILE_TIMEOUT_S,
                 max_tries=1,
@@ -144,8 +151,9 @@ def worker_options(settings: Settings) -> dict[str, Any]:
 class TaskRunner:
     """Runs the arq worker until ``stop``; a worker that lost Redis is closed and replaced after a backoff."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, metrics: TaskMetrics | None = None) -> None:
         self._settings = settings
+        self._metrics = metrics  # outlives each arq worker: counts survive a reconnect
         self._stopping = asyncio.Event()
         self._worker: Worker | None = None
 
@@ -169,7 +177,7 @@ class TaskRunner:
 
     async def _serve(self) -> None:
         queue = TaskQueue(connect(self._settings.services), prefix=self._settings.services.key_prefix)
-        options = worker_options(self._settings)
+        options = worker_options(self._settings, metrics=self._metrics)
         worker = Worker(redis_pool=queue.arq, handle_signals=False, **options)
         self._worker = worker
         try:
@@ -201,9 +209,9 @@ async def _close_quietly(options: dict[str, Any], worker: Worker, queue: TaskQue
         await queue.arq.aclose(close_connection_pool=True)
 
 
-async def run_tasks(settings: Settings) -> int:
+async def run_tasks(settings: Settings, *, metrics: TaskMetrics | None = None) -> int:
     """Run the task worker until SIGTERM or SIGINT (running jobs may finish first); 0."""
-    runner = TaskRunner(settings)
+    runner = TaskRunner(settings, metrics=metrics)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, runner.stop, sig)

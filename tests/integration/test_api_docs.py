@@ -19,6 +19,7 @@ ROUTES = {
     "/v1/predictions/{prediction_id}": "get",
     "/v1/models": "get",
     "/v1/models/{model}": "get",
+    "/v1/models/{model}/stats": "get",
     "/health/live": "get",
     "/health/ready": "get",
     "/health/backlog": "get",

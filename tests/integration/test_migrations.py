@@ -20,20 +20,21 @@ REGISTRY_TABLES = {"tenants", "models", "model_versions", "model_aliases", "arti
 JOB_TABLES = {"jobs", "job_chunks", "job_events", "webhook_deliveries", "webhook_attempts", "webhook_endpoints",
               "webhook_secrets"}  # fmt: skip
 AUTH_TABLES = {"api_keys"}
+LOG_TABLES = {"prediction_log"}
 
 
 async def test_upgrade_from_empty_creates_every_table_at_head(migrated_db: str, engine: AsyncEngine) -> None:
     async with engine.connect() as conn:
         tables = set(await conn.run_sync(lambda c: inspect(c).get_table_names()))
-    assert tables == REGISTRY_TABLES | JOB_TABLES | AUTH_TABLES | {"alembic_version"}
-    assert await current(migrated_db) == head() == "0003"
+    assert tables == REGISTRY_TABLES | JOB_TABLES | AUTH_TABLES | LOG_TABLES | {"alembic_version"}
+    assert await current(migrated_db) == head() == "0004"
 
 
 async def test_second_upgrade_changes_nothing(migrated_db: str, engine: AsyncEngine) -> None:
     await upgrade(migrated_db)
     assert await current(migrated_db) == head()
     async with engine.connect() as conn:
-        assert await conn.scalar(text("SELECT count(*) FROM tenants")) == 1
+        assert await conn.scalar(text("SELECT count(*) FROM tenants WHERE id = 'default'")) == 1  # seeded once
         assert await conn.scalar(text("SELECT count(*) FROM alembic_version")) == 1
 
 
@@ -50,9 +51,10 @@ async def test_concurrent_upgrades_of_an_empty_database_all_succeed(empty_databa
 
 
 async def test_default_tenant_is_seeded(engine: AsyncEngine) -> None:
+    # NOTE: the run's database is shared: other tests make tenants with their keys.
     async with engine.connect() as conn:
-        rows = (await conn.execute(text("SELECT id, name FROM tenants"))).all()
-    assert [row.id for row in rows] == ["default"]
+        rows = (await conn.execute(text("SELECT id, name FROM tenants WHERE id = 'default'"))).all()
+    assert [(row.id, row.name) for row in rows] == [("default", "Default tenant")]
 
 
 def _drift(conn: Connection) -> tuple[list[object], dict[str, set[str]]]:

@@ -4,9 +4,10 @@ against the real files and broken copies; no Docker engine here).
 The compose file against the compose-spec JSON schema (the copy vendored in ``check-jsonschema``), then
 what inferq needs of it: compose's own interpolation (a missing secret stops it), every inferq command
 and ``INFERQ_*`` variable accepted by inferq itself, a Redis that cannot lose accepted work, the start
-order, scaling and shutdown grace, health checks on real routes. The Grafana dashboard's queries are
-parsed as PromQL and may only use metrics and labels the API exposes. Each checker is also fed broken
-copies, to show it rejects them.
+order, scaling and shutdown grace, health checks on real routes. Prometheus scrapes every inferq process
+that serves metrics, on the port its settings give it. The Grafana dashboard's queries are parsed as PromQL
+and may only use metrics and labels inferq exposes (the API, the worker supervisor, ``inferq tasks``). Each
+checker is also fed broken copies, to show it rejects them.
 """
 
 from __future__ import annotations
@@ -28,12 +29,22 @@ from urllib.parse import urlsplit
 import jsonschema
 import promql_parser
 import yaml
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from inferq.api.metrics import Metrics
 from inferq.cli.main import build_parser
+from inferq.contracts.messages import InferResult, JobChunkRef, Timings
+from inferq.contracts.names import Names
 from inferq.settings import Settings, UnknownSetting
 from inferq.streams.backlog import Backlog, LaneBacklog, PartitionBacklog
+from inferq.streams.consumer import Entry
+from inferq.streams.partition import Partition
+from inferq.webhooks.sender import AttemptOutcome
+from inferq.workers.metrics import WorkerMetrics
+from inferq.workers.publisher import Outcome
+from inferq.workers.supervisor_metrics import SupervisorGauges
+from inferq.workers.task_metrics import TaskMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -59,6 +70,12 @@ STREAM_GAUGES = {
     "inferq_stream_oldest_age_seconds": {"partition", "lane"},
     "inferq_stream_consumers": {"partition"},
     "inferq_stream_dead_letters": {"partition"},
+}
+# The services whose processes serve /metrics, and the port each listens on (from its settings).
+METRICS_PORTS = {
+    "api": lambda s: s.port,
+    "worker": lambda s: s.worker_metrics_port,
+    "webhooks": lambda s: s.tasks_metrics_port,
 }
 HINT = "(URL-safe, e.g. openssl rand -hex 24)"  # the `:?` message of the compose file's secrets
 GRAFANA_VARIABLES = re.compile(r"\$__(rate_interval|interval|range)")
@@ -378,7 +395,7 @@ def check_health(doc: dict[str, Any]) -> None:
         serves = spec.get("command", [None])[0] == "serve"
         check = spec.get("healthcheck") or {}
         if not serves and not check.get("disable"):
-            problems.append(f"{name} serves no HTTP: it must disable the image's health check")
+            problems.append(f"{name} serves no API (at most /metrics): it must disable the image's health check")
         if serves and check.get("disable"):
             problems.append(f"{name} serves the API: keep its health check")
     for name, spec in doc["services"].items():
@@ -428,20 +445,35 @@ def mount_target(doc: dict[str, Any], service: str, source: str) -> str:
 
 
 def check_prometheus(config: dict[str, Any], doc: dict[str, Any]) -> None:
-    """Prometheus scrapes the api service, on its port and its metrics route."""
+    """Prometheus scrapes every service that serves metrics (api, worker, webhooks), each on the port its
+    settings say and at its metrics route; the worker and webhooks processes listen beyond localhost."""
     problems = []
-    port = settings_of(doc["services"]["api"]).port
     jobs = config.get("scrape_configs") or []
     if not jobs:
         problems.append("no scrape_configs")
+    scraped = set()
     for job in jobs:
-        if job.get("metrics_path", "/metrics") not in app_paths():
-            problems.append(f"{job.get('job_name')}: the API serves no {job.get('metrics_path')}")
+        name, path = job.get("job_name"), job.get("metrics_path", "/metrics")
         targets = [(n, sd.get("port")) for sd in job.get("dns_sd_configs", []) for n in sd.get("names", [])]
         for static in job.get("static_configs", []):
             targets += [(t.partition(":")[0], int(t.partition(":")[2] or 80)) for t in static.get("targets", [])]
-        if not targets or any(host != "api" or target_port != port for host, target_port in targets):
-            problems.append(f"{job.get('job_name')}: must scrape api:{port}, scrapes {targets}")
+        services = {host for host, _ in targets}
+        if len(services) != 1 or not services <= set(METRICS_PORTS):
+            problems.append(f"{name}: must scrape one of {sorted(METRICS_PORTS)} (one job each), scrapes {targets}")
+            continue
+        (service,) = services
+        scraped.add(service)
+        settings = settings_of(doc["services"][service])
+        port = METRICS_PORTS[service](settings)
+        if any(target_port != port for _, target_port in targets):
+            problems.append(f"{name}: must scrape {service}:{port}, scrapes {targets}")
+        if service == "api" and path not in app_paths():
+            problems.append(f"{name}: the API serves no {path}")
+        if service != "api" and path != "/metrics":
+            problems.append(f"{name}: {service} serves its metrics at /metrics, not {path}")
+        if service != "api" and settings.host != "0.0.0.0":
+            problems.append(f"{name}: {service} listens on {settings.host}: set INFERQ_HOST 0.0.0.0 (network only)")
+    problems += [f"nothing scrapes {service}" for service in sorted(set(METRICS_PORTS) - scraped)]
     if problems:
         raise ComposeError("\n".join(problems))
 
@@ -471,11 +503,13 @@ def check_grafana(datasources: dict[str, Any], providers: dict[str, Any], dashbo
 
 @functools.cache
 def exposed_metrics() -> dict[str, frozenset[str]]:
-    """The sample names and labels the API's ``/metrics`` renders: each instrument used once, and one
-    partition's streams read (the stream gauges come from a reading of Redis, not an instrument)."""
+    """The sample names and labels inferq's ``/metrics`` endpoints render: the API's (each instrument used
+    once, one partition's streams and the jobs table read: those gauges are readings, not instruments), the
+    worker supervisor's (a batch of every kind observed, its own gauges) and ``inferq tasks``' (an attempt)."""
     metrics = Metrics()
     metrics.count_request(route="/v1/models", method="GET", status=200, seconds=0.01)
     metrics.count_prediction(model="iris", version=1, outcome="succeeded")
+    metrics.observe_prediction(model="iris", version=1, seconds=0.002)
     metrics.held.inc()
     lane = LaneBacklog(lane="interactive", backlog=2, pending=1, oldest_age_s=0.5)
     part = PartitionBacklog(
@@ -483,7 +517,8 @@ def exposed_metrics() -> dict[str, frozenset[str]]:
     )
     with mock.patch.dict(os.environ):
         os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)  # this app's registry, not a directory's
-        text = metrics.render(Backlog(total=3, partitions=(part,))).decode()
+        text = metrics.render(Backlog(total=3, partitions=(part,)), {"queued": 1}).decode()
+    text += _worker_text() + TaskMetrics().render().decode()
     found: dict[str, set[str]] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -491,8 +526,34 @@ def exposed_metrics() -> dict[str, frozenset[str]]:
     return {name: frozenset(labels) for name, labels in found.items()}
 
 
+class _Supervised:
+    def __init__(self) -> None:
+        self.pids = [1, 2]
+        self.restarts = 0
+
+
+def _worker_text() -> str:
+    """What a worker supervisor renders after its children settled one request, one job chunk, one dead letter."""
+    worker = WorkerMetrics(CollectorRegistry())
+    timings = Timings(queue_ms=1.0, inference_ms=1.0, batch_rows=1)
+    done = InferResult(id="r", tenant="t", model="iris", version=1, status="succeeded", timings=timings)
+    worker.observe(
+        Partition.of(Names("inferq"), model="iris", version=1),
+        [
+            Outcome(Entry(lane="interactive", id="1-0", message=b""), done),
+            Outcome(Entry(lane="bulk", id="2-0", message=b""), None, job=JobChunkRef(job_id="j", seq=0), rows=256),
+            Outcome(Entry(lane="interactive", id="3-0", message=b""), None, dead_reason="undecodable message: x"),
+        ],
+    )
+    own = CollectorRegistry(auto_describe=False)
+    own.register(SupervisorGauges(_Supervised()))
+    tasks = TaskMetrics()
+    tasks.count_attempt(AttemptOutcome(status=204, ok=True), retry_in_s=None)
+    return (generate_latest(worker.registry) + generate_latest(own) + tasks.render()).decode()
+
+
 def query_problems(expr: str, known: Mapping[str, frozenset[str]]) -> list[str]:
-    """A dashboard query must parse as PromQL and use only metrics the API exposes, with their labels."""
+    """A dashboard query must parse as PromQL and use only metrics inferq exposes, with their labels."""
     try:
         parsed = promql_parser.parse(GRAFANA_VARIABLES.sub("5m", expr))
     except Exception as exc:  # the parser raises plain exceptions with its message
@@ -512,7 +573,7 @@ def query_problems(expr: str, known: Mapping[str, frozenset[str]]) -> list[str]:
         return True
 
     promql_parser.walk(parsed, visit)
-    found = [f"{expr!r} queries {name}, which the API does not expose" for name in sorted(names - known.keys())]
+    found = [f"{expr!r} queries {name}, which inferq does not expose" for name in sorted(names - known.keys())]
     allowed = set().union(*(known.get(name, frozenset()) for name in names)) | {"__name__", "instance", "job"}
     found += [f"{expr!r} uses label {label!r}, which its metrics do not have" for label in sorted(labels - allowed)]
     return found

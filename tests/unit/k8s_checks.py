@@ -6,7 +6,8 @@ Kubernetes objects against the API server's schemas with ``kubernetes-validate``
 field fails), KEDA's ``ScaledObject``/``TriggerAuthentication`` against ``data/keda.schema.json``, and
 inferq's rules (commands parse with inferq's own CLI parser, ``INFERQ_*`` names are real settings, grace
 periods outlast each process's drain, selectors/ports/routes exist, secrets are where they are looked
-for). Each checker returns its problems; the bad-input tests feed it mutated copies of the real files.
+for, every process's ``/metrics`` is announced where it listens). Each checker returns its problems; the
+bad-input tests feed it mutated copies of the real files.
 """
 
 from __future__ import annotations
@@ -47,6 +48,12 @@ SECRET = "from-a-secret"  # what a value read from a Secret stands for when sett
 ALLOWED_ENV = frozenset({"PROMETHEUS_MULTIPROC_DIR"})  # besides INFERQ_*: read by prometheus-client
 SERVE_JOIN_MARGIN_S = 5  # inferq/cli/serve.py supervise(): children get shutdown_timeout_s + 5 s to exit
 KUSTOMIZATION_KEYS = frozenset({"apiVersion", "kind", "namespace", "resources", "images"})
+# Where each long-running command serves /metrics (docs/metrics.md): the API on its own port.
+METRICS_PORTS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
+    "serve": lambda args, s: args.port or s.port,
+    "worker": lambda args, s: s.worker_metrics_port,
+    "tasks": lambda args, s: s.tasks_metrics_port,
+}
 
 
 @dataclass(frozen=True)
@@ -442,6 +449,36 @@ def security_problems(bundle: Bundle) -> list[str]:
     return problems
 
 
+def metrics_problems(bundle: Bundle) -> list[str]:
+    """Every Deployment's process announces its ``/metrics`` (the prometheus.io annotations on the pod) on the
+    port it really serves them on, a declared container port, listening beyond the pod's loopback."""
+    problems = []
+    for obj, template in pods(bundle):
+        container = template["spec"]["containers"][0]
+        args = command_of(container)
+        if obj.kind != "Deployment" or args is None or args.command not in METRICS_PORTS:
+            continue
+        notes = template.get("metadata", {}).get("annotations") or {}
+        if notes.get("prometheus.io/scrape") != "true":
+            problems.append(f'{obj}: annotate the pod prometheus.io/scrape "true": its /metrics goes unscraped')
+            continue
+        settings = settings_of(bundle, container)
+        port, host = METRICS_PORTS[args.command](args, settings), getattr(args, "host", None) or settings.host
+        declared = sorted(p["containerPort"] for c in template["spec"]["containers"] for p in c.get("ports", []))
+        if port == 0:
+            problems.append(f"{obj}: annotated for scraping, but its metrics are off (port 0)")
+        elif notes.get("prometheus.io/port") != str(port):
+            problems.append(f"{obj}: prometheus.io/port {notes.get('prometheus.io/port')!r}, but {args.command} "
+                            f"serves /metrics on {port}")  # fmt: skip
+        if port and port not in declared:
+            problems.append(f"{obj}: /metrics port {port} is not a declared containerPort {declared}")
+        if notes.get("prometheus.io/path", "/metrics") != "/metrics":
+            problems.append(f"{obj}: prometheus.io/path {notes['prometheus.io/path']!r}: metrics are at /metrics")
+        if host != "0.0.0.0":
+            problems.append(f"{obj}: {args.command} listens on {host}: set INFERQ_HOST 0.0.0.0 to be scraped")
+    return problems
+
+
 def kustomization_problems(bundle: Bundle) -> list[str]:
     """It applies every file but the examples, into the namespace the files name, with their image."""
     found = bundle.of("Kustomization")
@@ -477,5 +514,6 @@ CHECKERS: list[Callable[[Bundle], list[str]]] = [
     grace_problems,
     scaling_problems,
     security_problems,
+    metrics_problems,
     kustomization_problems,
 ]

@@ -132,6 +132,32 @@ def test_the_dashboard_shows_every_api_metric_and_stream_gauge() -> None:
     assert {name for name in wanted if name not in dashboard} == set()
 
 
+# The worker supervisor's, `inferq tasks`' and the API's jobs gauge: what docs/metrics.md lists, name → labels.
+PROCESS_METRICS = {
+    "inferq_worker_results_total": {"model", "version", "lane", "outcome"},
+    "inferq_worker_queue_wait_seconds_bucket": {"model", "version", "lane", "le"},
+    "inferq_worker_inference_seconds_bucket": {"model", "version", "le"},
+    "inferq_worker_batch_rows_bucket": {"model", "version", "le"},
+    "inferq_worker_job_chunk_rows_bucket": {"model", "version", "le"},
+    "inferq_worker_dead_letters_total": {"partition", "reason"},
+    "inferq_worker_processes": set(),
+    "inferq_worker_restarts_total": set(),
+    "inferq_webhook_attempts_total": {"outcome"},
+    "inferq_webhook_attempt_duration_seconds_bucket": {"le"},
+    "inferq_jobs": {"status"},
+}
+
+
+def test_inferq_exposes_the_process_metrics_the_dashboard_expects() -> None:
+    exposed = exposed_metrics()
+    assert {name: exposed.get(name) for name in PROCESS_METRICS} == PROCESS_METRICS
+
+
+def test_the_dashboard_shows_the_workers_webhooks_and_jobs() -> None:
+    dashboard = json.dumps(json.loads(DASHBOARD.read_text()))
+    assert {name for name in PROCESS_METRICS if name.removesuffix("_bucket") not in dashboard} == set()
+
+
 def test_the_api_exposes_the_stream_gauges_the_dashboard_expects() -> None:
     exposed = exposed_metrics()
     assert {name: exposed.get(name) for name in STREAM_GAUGES} == STREAM_GAUGES
@@ -242,7 +268,7 @@ def _pop(service: str, key: str) -> Any:
         (check_lifecycle, _pop("webhooks", "stop_grace_period"), "webhooks: stop_grace_period 10s"),
         (check_api, lambda d: svc(d, "api").update(command=["serve"]), "at least 2 processes"),
         (check_api, _pop("api", "tmpfs"), "PROMETHEUS_MULTIPROC_DIR"),
-        (check_health, _pop("worker", "healthcheck"), "worker serves no HTTP"),
+        (check_health, _pop("worker", "healthcheck"), "worker serves no API"),
         (check_health, lambda d: svc(d, "api").update(healthcheck={"disable": True}), "keep its health check"),
         (check_health, lambda d: svc(d, "api").update(
             healthcheck={"test": ["CMD", "python", "-c", "get('http://127.0.0.1:8000/healthz')"]}), "/healthz"),
@@ -267,6 +293,31 @@ def test_the_prometheus_check_rejects_a_wrong_target() -> None:
     for broken, problem in ((wrong_port, "must scrape api:8000"), (wrong_path, "serves no /prometheus")):
         with pytest.raises(ComposeError, match=re.escape(problem)):
             check_prometheus(broken, doc)
+
+
+def _job(config: dict[str, Any], name: str) -> dict[str, Any]:
+    job: dict[str, Any] = next(j for j in config["scrape_configs"] if j["job_name"] == name)
+    return job
+
+
+@pytest.mark.parametrize(
+    ("change", "compose_change", "problem"),
+    [
+        (lambda c: _job(c, "inferq-worker")["dns_sd_configs"][0].update(port=9100), None, "must scrape worker:9101"),
+        (lambda c: _job(c, "inferq-tasks")["dns_sd_configs"][0].update(port=9101), None, "must scrape webhooks:9102"),
+        (lambda c: c["scrape_configs"].remove(_job(c, "inferq-tasks")), None, "nothing scrapes webhooks"),
+        (lambda c: _job(c, "inferq-worker").update(metrics_path="/stats"), None, "at /metrics, not /stats"),
+        (lambda c: _job(c, "inferq-worker")["dns_sd_configs"][0]["names"].append("webhooks"), None, "one job each"),
+        (lambda c: None, lambda d: svc(d, "worker")["environment"].pop("INFERQ_HOST"), "worker listens on 127.0.0.1"),
+        (lambda c: None, _set_env("webhooks", INFERQ_TASKS_METRICS_PORT="9200"), "must scrape webhooks:9200"),
+    ],
+)  # fmt: skip
+def test_the_prometheus_check_wants_every_metrics_port(change: Any, compose_change: Any, problem: str) -> None:
+    config = copy.deepcopy(yaml.safe_load(PROMETHEUS.read_text()))
+    change(config)
+    doc = edited(compose_change or (lambda d: None))
+    with pytest.raises(ComposeError, match=re.escape(problem)):
+        check_prometheus(config, doc)
 
 
 def test_the_grafana_check_rejects_a_disconnected_setup() -> None:

@@ -46,7 +46,7 @@ def test_the_inline_body_decodes_with_its_defaults() -> None:
         type=JobCreateBody,
     )
     assert (body.model, body.inputs, body.custom_ids) == ("iris@2", [[1, 2], {"a": 1}], ["x", "y"])
-    assert body.webhook == WebhookSpec(url="https://h.example/x", events=("completed",))
+    assert body.webhook == WebhookSpec(url="https://h.example/x", events=["completed"])
     assert (body.completion_window, body.metadata) == ("24h", {"k": "v"})
     bare = msgspec.json.decode(b'{"model": "iris", "inputs": [], "completion_window": 3600}', type=JobCreateBody)
     assert (bare.custom_ids, bare.webhook, bare.completion_window, bare.metadata) == (None, None, 3600, None)

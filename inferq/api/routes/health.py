@@ -50,4 +50,5 @@ async def metrics_text(metrics: NamedDependency[Metrics], models: NamedDependenc
         backlog: Backlog | None = await models.backlog()
     except InferqError:  # Redis down or the catalog not loaded yet: the process's own metrics still render
         backlog = None
-    return Response(metrics.render(backlog), media_type=CONTENT_TYPE)
+    jobs = await metrics.read_jobs()  # None when Postgres is down: the family is left out, nothing else
+    return Response(metrics.render(backlog, jobs), media_type=CONTENT_TYPE)
