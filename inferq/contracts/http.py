@@ -68,7 +68,8 @@ class VersionView(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True)
     size_bytes: int
     created_at: dt.datetime
     description: str | None = None
-    overrides: dict[str, int | float] = {}
+    # NOTE: ints stay ints on the wire; ``int | float`` would be documented as a oneOf that an int matches twice.
+    overrides: dict[str, float] = {}
 
 
 class ModelView(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
