@@ -75,7 +75,7 @@ class World:
 
 @pytest.fixture
 async def world(settings: Settings, registry: Registry, model_name: str) -> AsyncIterator[World]:
-    await register_model(registry, model_name)
+    await register_model(registry, model_name, overrides={"max_batch": 16, "max_batch_delay_ms": 0.5})  # int and float
     async with running(msgspec.structs.replace(tuned(settings), webhook_allow_private=True)) as api:
         run = secrets.token_hex(4)
         key_a = await api.key_for(f"fuzz-a-{run}", "predict", "jobs")
