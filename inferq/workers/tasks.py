@@ -83,12 +83,18 @@ class Lifecycle:
         )
         retention_s = settings.prediction_log.prediction_log_retention_s
         ctx["log_retention"] = LogRetention(PredictionLogStore(sessions), retention_s=retention_s)
-        ctx["ticker"] = asyncio.create_task(tick(queue, interval_s=settings.jobs.reconcile_interval_s))
+        ctx["stop_ticking"] = stop = asyncio.Event()
+        ctx["ticker"] = asyncio.create_task(
+            tick(queue, interval_s=settings.jobs.reconcile_interval_s, stop=stop), name="tasks.tick"
+        )
         log.info("tasks.started", queue=queue.name, reconcile_interval_s=settings.jobs.reconcile_interval_s)
 
     async def shutdown(self, ctx: dict[str, Any]) -> None:
         """Stop ticking and close what ``startup`` opened."""
         ticker: asyncio.Task[None] | None = ctx.pop("ticker", None)
+        stop: asyncio.Event | None = ctx.pop("stop_ticking", None)
+        if stop is not None:  # NOTE: an event as well as the cancel: redis-py's wait_for can swallow a cancel
+            stop.set()
         if ticker is not None:
             ticker.cancel()
             try:
@@ -105,15 +111,17 @@ class Lifecycle:
         log.info("tasks.stopped")
 
 
-async def tick(queue: TaskQueue, *, interval_s: float) -> None:
-    """Enqueue the reconciler pass of each time slot of ``interval_s``, at the slot's start, until cancelled."""
-    while True:
+async def tick(queue: TaskQueue, *, interval_s: float, stop: asyncio.Event | None = None) -> None:
+    """Enqueue the reconciler pass of each time slot of ``interval_s``, at the slot's start, until cancelled
+    or ``stop`` is set."""
+    stop = stop or asyncio.Event()
+    while not stop.is_set():
         slot = int(time.time() // interval_s)
         try:
             await queue.reconcile(slot=slot, expires_s=max(60.0, 3 * interval_s))
         except (RedisError, *UNAVAILABLE) as exc:  # Redis down: try again next slot
             log.warning("tasks.tick_failed", error=str(exc))
-        await asyncio.sleep((slot + 1) * interval_s - time.time())
+        await sleep_unless(stop, (slot + 1) * interval_s - time.time())
 
 
 def worker_options(settings: Settings, *, metrics: TaskMetrics | None = None) -> dict[str, Any]:
