@@ -46,7 +46,8 @@ class Authenticator:
         self._defaults = defaults
         self._cache_s = cache_s
         self._clock = clock
-        self._cache: OrderedDict[str, tuple[float, KeyRecord | None]] = OrderedDict()
+        self._cache: OrderedDict[str, tuple[float, KeyRecord]] = OrderedDict()  # keys found (valid or not)
+        self._unknown: OrderedDict[str, float] = OrderedDict()  # ids not found, until when
         self._pending: dict[str, asyncio.Future[KeyRecord | None]] = {}
         self._lookups = AddressBuckets(rate=ip_rate, burst=ip_burst, clock=clock)
 
@@ -77,13 +78,18 @@ class Authenticator:
 
     async def _record(self, key_id: str, address: str) -> KeyRecord | None:
         now = self._clock()
-        cached = self._cache.get(key_id)
-        if cached is not None and cached[0] > now:
-            return cached[1]
+        known = self._cache.get(key_id)
+        if known is not None and known[0] > now:
+            return known[1]
+        unknown = self._unknown.get(key_id)
+        if unknown is not None and unknown > now:
+            return None
         pending = self._pending.get(key_id)
         if pending is not None:  # a lookup of this id is under way: share it (and no token is taken)
             return await asyncio.shield(pending)
-        wait_s = self._lookups.take(address)
+        # NOTE: re-checking a key that was valid costs no token: made-up keys from the same address (a NAT,
+        # a proxy) must not lock a real client out each time its cache entry expires.
+        wait_s = 0.0 if known is not None else self._lookups.take(address)
         if wait_s > 0:  # this address misses the cache too often: no more Postgres lookups for now
             raise RateLimited(
                 "too many unauthenticated requests from this address", retry_after_s=wait_s, scope="address"
@@ -100,6 +106,13 @@ class Authenticator:
             record = await self._keys.lookup(key_id)  # ServiceUnavailable when Postgres is down: a 503
         finally:
             self._pending.pop(key_id, None)
+        if record is None:  # unknown ids apart: a flood of made-up keys cannot push real ones out
+            self._cache.pop(key_id, None)
+            self._unknown[key_id] = now + self._cache_s
+            self._unknown.move_to_end(key_id)
+            while len(self._unknown) > MAX_CACHED_KEYS:
+                self._unknown.popitem(last=False)
+            return None
         self._cache[key_id] = (now + self._cache_s, record)
         self._cache.move_to_end(key_id)
         while len(self._cache) > MAX_CACHED_KEYS:

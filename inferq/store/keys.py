@@ -17,7 +17,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from inferq.contracts.auth import KeyView, NewKey, Scope, TenantLimits
-from inferq.errors import KeyNotFound, NotFound
+from inferq.errors import Conflict, KeyNotFound, NotFound
 from inferq.store.sessions import statement, transaction
 from inferq.store.tables import ApiKeyRow, TenantRow
 
@@ -90,6 +90,8 @@ class KeyStore:
         """A new key like ``key_id`` (tenant, scopes, name); the old one keeps working for ``grace_s``."""
         async with transaction(self._sessionmaker) as session:
             old = await self._row(session, key_id, tenant, lock=True)
+            if old.revoked_at is not None:
+                raise Conflict(f"API key {key_id} is revoked: make a new key instead", key=key_id)
             now = await session.scalar(select(func.now()))
             assert now is not None
             ends = now + dt.timedelta(seconds=grace_s)

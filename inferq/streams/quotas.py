@@ -24,23 +24,26 @@ from inferq.streams.connection import unavailable_as_domain_error
 
 # The GCRA step, shared by both scripts: T = emission interval (ms), tau = T * burst. Sets ``wait``
 # (ms until allowed; 0 = allowed now) and ``tat`` (the new arrival time to store when admitted).
+# NOTE: the arrival time is stored with its fraction (µs), and a refusal's wait is at least 1 ms: whole
+# milliseconds let a rate whose interval is not a whole number of ms through many times over. A wait under
+# 1 µs is none: doubles near 1.7e12 ms carry rounding errors of ~0.2 µs.
 _GCRA = """
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 local interval = tonumber(ARGV[{interval}])
 local tat = tonumber(redis.call('GET', KEYS[{quota}]) or '0')
 if tat < now then tat = now end
 tat = tat + interval
 local wait = tat - now - interval * tonumber(ARGV[{burst}])
-if wait < 0 then wait = 0 end
+if wait < 0.001 then wait = 0 end
 """
 
 # KEYS[1] quota key; ARGV[1] interval ms, ARGV[2] burst. Returns 0, or the ms to wait.
 HIT = (
     _GCRA.format(interval=1, quota=1, burst=2)
     + """
-if wait > 0 then return wait end
-redis.call('SET', KEYS[1], string.format('%d', tat), 'PX', math.ceil(tat - now) + 1000)
+if wait > 0 then return math.max(1, math.ceil(wait)) end
+redis.call('SET', KEYS[1], string.format('%.3f', tat), 'PX', math.ceil(tat - now) + 1000)
 return 0
 """
 )
@@ -111,7 +114,7 @@ class Quotas:
 ADMIT_WITH_QUOTA = (
     _GCRA.format(interval=3, quota=3, burst=4)
     + """
-if wait > 0 then return {'rate', string.format('%d', wait)} end
+if wait > 0 then return {'rate', string.format('%d', math.max(1, math.ceil(wait)))} end
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
 local running = redis.call('ZCARD', KEYS[4])
 if running >= tonumber(ARGV[5]) then return {'concurrency', '1000'} end
@@ -120,8 +123,8 @@ if backlog >= tonumber(ARGV[1]) then
   return {'overloaded', backlog, redis.call('GET', KEYS[2]) or '0'}
 end
 local id = redis.call('XADD', KEYS[1], '*', 'm', ARGV[2])
-redis.call('SET', KEYS[3], string.format('%d', tat), 'PX', math.ceil(tat - now) + 1000)
-local deadline = now + tonumber(ARGV[7])
+redis.call('SET', KEYS[3], string.format('%.3f', tat), 'PX', math.ceil(tat - now) + 1000)
+local deadline = math.ceil(now + tonumber(ARGV[7]))
 redis.call('ZADD', KEYS[4], deadline, ARGV[6])
 if redis.call('PTTL', KEYS[4]) < deadline - now then redis.call('PEXPIREAT', KEYS[4], deadline) end
 return id

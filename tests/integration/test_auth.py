@@ -219,3 +219,12 @@ async def test_admin_routes_make_list_and_revoke_keys(settings: Settings, model:
     assert limits.json() == {"rate_per_s": 5.0}
     assert unknown_tenant.status_code == 404
     assert bad_scope.status_code == 400
+
+
+async def test_a_revoked_key_cannot_be_rotated(settings: Settings, model: str) -> None:
+    async with running(tuned(settings)) as api:
+        key = await api.key_for("default", "predict")
+        key_id = key.split("_")[1]
+        await api.client.delete(f"/v1/admin/keys/{key_id}")
+        rotated = await api.client.post(f"/v1/admin/keys/{key_id}/rotate")
+    assert (rotated.status_code, rotated.json()["code"]) == (409, "conflict")

@@ -18,6 +18,14 @@ _TAGS = ["admin"]
 _STORED = {422: "A value Postgres cannot store, such as a NUL character (invalid_input)"}
 _KEY = problems(*GUARDED, 400, 404, 422, texts={404: "No such key (key_not_found)", **_STORED})
 _CREATED = problems(*GUARDED, 400, 413, 422, texts=_STORED)
+_ROTATE = problems(
+    *GUARDED,
+    400,
+    404,
+    409,
+    422,
+    texts={404: "No such key (key_not_found)", 409: "The key is revoked (conflict)", **_STORED},
+)
 _TENANT = problems(*GUARDED, 400, 404, 413, 422, texts={404: "No such tenant (not_found)", **_STORED})
 
 
@@ -41,7 +49,7 @@ async def revoke_key(key_id: FromPath[str], keys: NamedDependency[KeyStore]) -> 
     return await keys.revoke(key_id)
 
 
-@post("/v1/admin/keys/{key_id:str}/rotate", status_code=201, guards=_ADMIN, tags=_TAGS, responses=_KEY,
+@post("/v1/admin/keys/{key_id:str}/rotate", status_code=201, guards=_ADMIN, tags=_TAGS, responses=_ROTATE,
       summary="A new key like this one; the old one keeps working for grace_s (default a day)")  # fmt: skip
 async def rotate_key(
     key_id: FromPath[str],
