@@ -120,10 +120,11 @@ class Authenticator:
         return record
 
 
-def require(principal: Principal, scope: Scope) -> Principal:
-    """``principal`` when it has ``scope``; else ``Forbidden`` naming the scope."""
-    if not principal.allows(scope):
-        raise Forbidden(f"this API key lacks the {scope!r} scope", scope=scope, scopes=sorted(principal.scopes))
+def require(principal: Principal, *scopes: Scope) -> Principal:
+    """``principal`` when it has one of ``scopes``; else ``Forbidden`` naming them."""
+    if not any(principal.allows(scope) for scope in scopes):
+        wanted = " or ".join(repr(s) for s in scopes)
+        raise Forbidden(f"this API key lacks the {wanted} scope", needs=list(scopes), has=sorted(principal.scopes))
     return principal
 
 

@@ -18,8 +18,9 @@ import structlog
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
+from inferq.api.auth import require
 from inferq.contracts.auth import Principal, Scope
-from inferq.errors import Forbidden, ServiceUnavailable
+from inferq.errors import ServiceUnavailable
 
 log = structlog.get_logger(__name__)
 
@@ -34,9 +35,7 @@ def guard(*scopes: Scope, counted: bool = True) -> Guard:
         if services is None:
             raise ServiceUnavailable("the API is starting or stopping", retry_after_s=1)
         principal: Principal = await services.auth.authenticate(connection.scope["headers"], address(connection.scope))
-        if not any(principal.allows(scope) for scope in scopes):
-            wanted = " or ".join(repr(s) for s in scopes)
-            raise Forbidden(f"this API key lacks the {wanted} scope", needs=list(scopes), has=sorted(principal.scopes))
+        require(principal, *scopes)
         structlog.contextvars.bind_contextvars(tenant=principal.tenant, key_id=principal.key_id)
         if counted:
             try:

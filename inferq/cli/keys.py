@@ -18,6 +18,7 @@ import msgspec
 from inferq.cli.output import emit, say
 from inferq.cli.runtime import opened
 from inferq.contracts.auth import SCOPES, TENANT_PATTERN, Scope, TenantLimits
+from inferq.contracts.durations import duration_s
 from inferq.errors import InvalidInput
 from inferq.settings import Settings
 from inferq.store.keys import MIN_PEPPER_CHARS, KeyHasher, KeyStore
@@ -52,7 +53,7 @@ async def create_key(settings: Settings, *, tenant: str, scopes: list[str], name
     checked = _scopes(scopes)
     if re.fullmatch(TENANT_PATTERN, tenant) is None:
         raise InvalidInput(f"tenant {tenant!r}: lower-case letters, digits, '_' and '-' only", field="tenant")
-    expires_in_s = None if expires_in is None else _seconds(expires_in)
+    expires_in_s = None if expires_in is None else duration_s(expires_in, field="--expires-in")
     async with _store(settings) as store:
         new = await store.create(tenant=tenant, scopes=checked, name=name, expires_in_s=expires_in_s)
     say(f"API key {new.view.id} for tenant {tenant!r}: this is the only time its secret is shown")
@@ -75,7 +76,7 @@ async def revoke_key(settings: Settings, *, key_id: str) -> int:
 
 async def rotate_key(settings: Settings, *, key_id: str, grace: str) -> int:
     async with _store(settings) as store:
-        new = await store.rotate(key_id, grace_s=_seconds(grace))
+        new = await store.rotate(key_id, grace_s=duration_s(grace, field="--grace"))
     say(f"new key {new.view.id}; {key_id} keeps working for {grace}, then expires")
     emit(new)
     return 0
@@ -137,16 +138,3 @@ def _scopes(names: list[str]) -> tuple[Scope, ...]:
             f"scopes must be among {', '.join(SCOPES)} (got {', '.join(names) or 'none'})", field="scopes"
         )
     return tuple(n for n in SCOPES if n in names)
-
-
-def _seconds(text: str) -> float:
-    """``90``, ``30m``, ``24h`` or ``7d`` as seconds (> 0)."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    number, unit = (text[:-1], units[text[-1]]) if text and text[-1] in units else (text, 1)
-    try:
-        value = float(number) * unit
-    except ValueError:
-        raise InvalidInput(f"{text!r} is not a duration (90, 30m, 24h, 7d)") from None
-    if value <= 0:
-        raise InvalidInput(f"{text!r}: a duration must be positive")
-    return value

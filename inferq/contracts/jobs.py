@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
-import re
 import secrets
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 import msgspec
 
+from inferq.contracts.durations import duration_s
 from inferq.contracts.errors import ErrorInfo
 from inferq.contracts.predictions import Prediction
-from inferq.errors import InvalidInput
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled", "expired"]
 JOB_STATUSES: tuple[JobStatus, ...] = ("queued", "running", "succeeded", "failed", "canceled", "expired")
@@ -25,9 +24,6 @@ TERMINAL_EVENTS: frozenset[str] = frozenset(EVENT_TYPES[1:])
 # A webhook's event filter: event names, or "completed" for any terminal event.
 EventFilter = Literal["completed", "job.started", "job.succeeded", "job.failed", "job.canceled", "job.expired"]
 ResultFilter = Literal["all", "succeeded", "failed"]
-
-_WINDOW = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
-_UNIT_S = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 def new_job_id() -> str:
@@ -42,19 +38,7 @@ def event_wanted(filters: Sequence[str], event_type: str) -> bool:
 
 def completion_window_s(value: str | float | None, *, default_s: float, max_s: float) -> float:
     """Seconds from ``3600``, ``"90s"``, ``"30m"``, ``"24h"`` or ``"7d"``; ``None`` → the default."""
-    if value is None:
-        return default_s
-    if isinstance(value, str):
-        match = _WINDOW.fullmatch(value)
-        seconds = float(match[1]) * _UNIT_S[match[2]] if match else -1.0
-    else:
-        seconds = float(value)
-    if not 0 < seconds <= max_s:
-        raise InvalidInput(
-            f"invalid completion_window {value!r}: seconds or '30m'/'24h'/'7d', at most {max_s:g} s",
-            field="completion_window",
-        )
-    return seconds
+    return default_s if value is None else duration_s(value, field="completion_window", max_s=max_s)
 
 
 class WebhookSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
