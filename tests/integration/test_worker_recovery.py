@@ -151,7 +151,7 @@ async def test_redis_down_is_retried_with_backoff_and_nothing_crashes(
     down = worker_settings(msgspec.structs.replace(settings, services=unreachable))
     with structlog.testing.capture_logs() as logs:
         async with running_pool(down, sessionmaker, select(version)) as pool:
-            await asyncio.sleep(0.3)
+            await wait_for(lambda: _serves(pool, version.key), what="the partition to start")  # slow on a busy CI
             task = pool.running(version.key)
             await asyncio.sleep(1.5)
             assert pool.running(version.key) is task  # the same partition task, never crashed and restarted
