@@ -107,6 +107,7 @@ class VersionRow(Base):
     description: Mapped[str | None] = mapped_column(Text)
     overrides: Mapped[dict[str, Any]] = mapped_column(server_default="{}")
     created_at: Mapped[dt.datetime] = _created_at()
+    deleted_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))  # soft delete (0005)
     __table_args__ = (
         CheckConstraint(f"status IN {VERSION_STATUSES!r}", name="status"),
         CheckConstraint("version >= 1", name="version_positive"),
@@ -121,6 +122,7 @@ class AliasRow(Base):
     name: Mapped[str] = mapped_column(Text, primary_key=True)
     weights: Mapped[dict[str, Any]]
     fallback: Mapped[bool] = mapped_column(server_default="false")
+    shadow: Mapped[dict[str, Any] | None]  # {"version": 3, "share": 10} (0005)
     updated_at: Mapped[dt.datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
     __table_args__ = (CheckConstraint("jsonb_typeof(weights) = 'object'", name="weights_object"),)
 
@@ -329,8 +331,16 @@ class PredictionLogRow(Base):
     row_count: Mapped[int] = mapped_column(Integer)
     predicted: Mapped[str | None] = mapped_column(Text)
     predicted_counts: Mapped[dict[str, Any] | None]
+    request_id: Mapped[str | None] = mapped_column(Text)  # 0005: pairs a shadow's row with its primary's
+    shadow_of: Mapped[str | None] = mapped_column(Text)
+    input_digest: Mapped[str | None] = mapped_column(Text)
+    fallback_from: Mapped[int | None] = mapped_column(Integer)
     __table_args__ = (
         CheckConstraint(f"status IN {tuple(sorted(TERMINAL_STATES))!r}", name="status"),
         CheckConstraint("row_count >= 0", name="rows_nonnegative"),
         Index("ix_prediction_log_model_created_at", "model", "created_at"),
+        Index("ix_prediction_log_shadow_of", "shadow_of", postgresql_where=text("shadow_of IS NOT NULL")),
+        Index(
+            "ix_prediction_log_model_request_id", "model", "request_id", postgresql_where=text("request_id IS NOT NULL")
+        ),
     )

@@ -27,7 +27,7 @@ async def test_upgrade_from_empty_creates_every_table_at_head(migrated_db: str, 
     async with engine.connect() as conn:
         tables = set(await conn.run_sync(lambda c: inspect(c).get_table_names()))
     assert tables == REGISTRY_TABLES | JOB_TABLES | AUTH_TABLES | LOG_TABLES | {"alembic_version"}
-    assert await current(migrated_db) == head() == "0004"
+    assert await current(migrated_db) == head() == "0005"
 
 
 async def test_second_upgrade_changes_nothing(migrated_db: str, engine: AsyncEngine) -> None:
