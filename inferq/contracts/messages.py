@@ -54,6 +54,12 @@ class InferRequest(msgspec.Struct, frozen=True, kw_only=True, tag="infer.v1", ta
     reply: Reply | None = None
     job: JobChunkRef | None = None
     key_id: str = ""  # the API key it counts against: the worker frees its in-flight slot with the result
+    # Model management (issue 6). Set by the API only; the ingress forwarder drops them from direct producers.
+    cache_key: str = ""  # a succeeded result is also stored here for ``cache_ttl_ms`` (the result cache)
+    cache_ttl_ms: int = 0
+    shadow_of: str = ""  # a mirror of that request: run and logged for comparison, never answered
+    logged: bool = False  # log this request whatever the sampling (the primary of a mirrored pair)
+    fallback_from: int = 0  # resolved to this version because that one could not serve
 
 
 class Timings(msgspec.Struct, frozen=True, kw_only=True):

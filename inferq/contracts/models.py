@@ -47,6 +47,8 @@ class ModelSignature(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tr
     probabilities_output: str | None = None
     value_output: str | None = None
     allow_nan: bool = False
+    # Operators whose output is random (RandomNormal, Multinomial, …): such a model cannot use the result cache.
+    nondeterministic_ops: tuple[str, ...] = ()
 
     @property
     def n_features(self) -> int | None:
@@ -125,13 +127,26 @@ class ModelVersion(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True
         return f"{self.model}@{self.version}"
 
 
+class Shadow(msgspec.Struct, frozen=True, kw_only=True):
+    """Mirror ``share`` percent of an alias's requests to ``version``: run and logged, never answered."""
+
+    version: int
+    share: int
+
+
 class Alias(msgspec.Struct, frozen=True, kw_only=True):
-    """A named pointer to versions with traffic weights (``{2: 95, 3: 5}``; one entry = a pin)."""
+    """A named pointer to versions with traffic weights (``{2: 95, 3: 5}``; one entry = a pin).
+
+    ``fallback``: a request whose chosen version cannot serve goes to the previous active version.
+    ``previous``: the weights before the last change (what a rollback restores).
+    """
 
     model: str
     name: str
     weights: dict[int, int]
     fallback: bool = False
+    shadow: Shadow | None = None
+    previous: dict[int, int] | None = None
 
 
 class ModelInfo(msgspec.Struct, frozen=True, kw_only=True):

@@ -123,6 +123,7 @@ class AliasRow(Base):
     weights: Mapped[dict[str, Any]]
     fallback: Mapped[bool] = mapped_column(server_default="false")
     shadow: Mapped[dict[str, Any] | None]  # {"version": 3, "share": 10} (0005)
+    previous: Mapped[dict[str, Any] | None]  # the weights before the last change, for rollback (0005)
     updated_at: Mapped[dt.datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
     __table_args__ = (CheckConstraint("jsonb_typeof(weights) = 'object'", name="weights_object"),)
 

@@ -24,6 +24,8 @@ def upgrade() -> None:
     op.add_column("model_versions", sa.Column("deleted_at", sa.DateTime(timezone=True), nullable=True))
     # {"version": 3, "share": 10}: mirror 10% of the alias's requests to version 3, results logged only.
     op.add_column("model_aliases", sa.Column("shadow", postgresql.JSONB(astext_type=sa.Text()), nullable=True))
+    # The weights before the last change: ``inferq models rollback`` restores them.
+    op.add_column("model_aliases", sa.Column("previous", postgresql.JSONB(astext_type=sa.Text()), nullable=True))
     # Which request a row is (``request_id``), which request it mirrored (``shadow_of``), a digest of its
     # inputs (``input_digest``: canary agreement on equal inputs) and the version it fell back from.
     op.add_column("prediction_log", sa.Column("request_id", sa.Text(), nullable=True))
@@ -49,5 +51,6 @@ def downgrade() -> None:
     op.drop_index("ix_prediction_log_shadow_of", table_name="prediction_log")
     for column in ("fallback_from", "input_digest", "shadow_of", "request_id"):
         op.drop_column("prediction_log", column)
+    op.drop_column("model_aliases", "previous")
     op.drop_column("model_aliases", "shadow")
     op.drop_column("model_versions", "deleted_at")
