@@ -81,6 +81,11 @@ class ApiSettings(msgspec.Struct, frozen=True, kw_only=True):
     catalog_miss_refresh_s: float = 1.0  # a miss refreshes the catalog at most this often
     health_timeout_s: float = 1.0
     shutdown_timeout_s: float = 10.0  # uvicorn's graceful shutdown after waiters were answered
+    # Model uploads: each is validated by a child process with these limits (docs/models.md "Uploading").
+    model_validate_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 120.0  # wall clock; then the child is killed
+    model_validate_cpu_s: Annotated[int, msgspec.Meta(ge=1)] = 60  # RLIMIT_CPU of the child
+    model_validate_memory_bytes: Annotated[int, msgspec.Meta(ge=0)] = 0  # RLIMIT_AS; 0 = 1 GiB + 6 x max model
+    model_validate_concurrency: Annotated[int, msgspec.Meta(ge=1)] = 2  # uploads at once per API process
 
 
 class JobsSettings(msgspec.Struct, frozen=True, kw_only=True):

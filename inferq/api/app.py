@@ -18,12 +18,16 @@ from inferq.api.docs import openapi_config, static_router
 from inferq.api.health import HealthChecks
 from inferq.api.jobs import JobService
 from inferq.api.metrics import Metrics
+from inferq.api.model_uploads import ModelUploads
 from inferq.api.problems import from_http, problem_details_plugin
 from inferq.api.routes import HANDLERS
 from inferq.api.routes.admin import ADMIN_HANDLERS
+from inferq.api.routes.compare import COMPARE_HANDLERS
 from inferq.api.routes.jobs import JOB_HANDLERS
+from inferq.api.routes.lifecycle import LIFECYCLE_ROUTER
 from inferq.api.routes.stats import STATS_HANDLERS
 from inferq.api.routes.v2 import V2_ROUTER
+from inferq.api.routes.versions import VERSION_HANDLERS
 from inferq.api.service import PredictionService
 from inferq.api.stats import StatsService
 from inferq.api.v2 import errors as v2_errors
@@ -47,7 +51,17 @@ def create_app(settings: Settings) -> Litestar:
                 app.state.services = None
 
     return Litestar(
-        route_handlers=[*HANDLERS, *JOB_HANDLERS, *ADMIN_HANDLERS, *STATS_HANDLERS, V2_ROUTER, static_router()],
+        route_handlers=[
+            *HANDLERS,
+            *JOB_HANDLERS,
+            *ADMIN_HANDLERS,
+            *STATS_HANDLERS,
+            *COMPARE_HANDLERS,
+            *VERSION_HANDLERS,
+            LIFECYCLE_ROUTER,
+            V2_ROUTER,
+            static_router(),
+        ],
         dependencies={
             "predictions": Provide(_predictions, sync_to_thread=False),
             "models": Provide(_models, sync_to_thread=False),
@@ -58,6 +72,7 @@ def create_app(settings: Settings) -> Litestar:
             "jobs": Provide(_jobs, sync_to_thread=False),
             "keys": Provide(_keys, sync_to_thread=False),
             "stats": Provide(_stats, sync_to_thread=False),
+            "uploads": Provide(_uploads, sync_to_thread=False),
         },
         lifespan=[lifespan],
         state=State({"settings": settings, "metrics": metrics, "services": None}),
@@ -127,3 +142,7 @@ def _keys(state: State) -> KeyStore:
 
 def _stats(state: State) -> StatsService:
     return _services(state).stats
+
+
+def _uploads(state: State) -> ModelUploads:
+    return _services(state).uploads

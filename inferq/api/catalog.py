@@ -1,9 +1,11 @@
 """The API's in-process model catalog: every model, version and alias, refreshed from the registry.
 
 Requests resolve ``name``, ``name@3`` and ``name@alias`` (weighted pick included) in memory, never
-with a Postgres round trip. The snapshot is reloaded every ``refresh_s``; a miss reloads it at most
-once per ``miss_refresh_s`` (so a version registered a moment ago is found), and while Postgres is
-down the last snapshot keeps serving.
+with a Postgres round trip. The snapshot is reloaded as soon as a registry change is announced in
+Redis (``changes``: streams/catalog_revisions.py, a pub/sub message or a moved revision counter, read
+every 0.5 s), and every ``refresh_s`` regardless; a miss reloads it at most once per
+``miss_refresh_s`` (so a version registered a moment ago is found), and while Postgres is down the
+last snapshot keeps serving.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import random
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import structlog
 
@@ -23,6 +26,9 @@ from inferq.store.registry import Registry
 from inferq.store.traffic import pick_version
 
 log = structlog.get_logger(__name__)
+
+# A choice among an alias's weighted versions: (model, alias, weights) → version (api/routing.py: sticky keys).
+Pick = Callable[[str, str, dict[int, int]], int]
 
 
 @dataclass(frozen=True)
@@ -46,7 +52,7 @@ class Snapshot:
                 snap.served[(info.name, alias.name)] = {v: w for v, w in alias.weights.items() if v in live}
         return snap
 
-    def resolve(self, ref: ModelRef, *, rng: random.Random) -> ModelVersion:
+    def resolve(self, ref: ModelRef, *, rng: random.Random, pick: Pick | None = None) -> ModelVersion:
         """The version ``ref`` names (archived ones never); a not-found error saying what is missing."""
         info = self.model(ref.name)
         if ref.version is not None:
@@ -78,7 +84,10 @@ class Snapshot:
                 model=ref.name,
                 alias=name,
             )
-        chosen = next(iter(served)) if len(served) == 1 else pick_version(served, rng=rng)
+        if len(served) == 1:
+            chosen = next(iter(served))
+        else:
+            chosen = pick(ref.name, name, served) if pick is not None else pick_version(served, rng=rng)
         return self.versions[(ref.name, chosen)]
 
     def model(self, name: str) -> ModelInfo:
@@ -98,6 +107,12 @@ def _version_not_found(info: ModelInfo, version: int) -> VersionNotFound:
     )
 
 
+class ChangeFeed(Protocol):
+    """Calls ``on_change`` whenever the registry may have changed, until ``stop`` is set."""
+
+    async def run(self, on_change: Callable[[], None], stop: asyncio.Event) -> None: ...
+
+
 class ModelCatalog:
     """The registry's models held in memory; ``start`` loads, a task refreshes, ``stop`` ends it."""
 
@@ -110,8 +125,10 @@ class ModelCatalog:
         timeout_s: float = 5.0,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
+        changes: ChangeFeed | None = None,
     ) -> None:
         self._registry = registry
+        self._changes = changes
         self._refresh_s = refresh_s
         self._miss_refresh_s = miss_refresh_s
         self._timeout_s = timeout_s
@@ -119,19 +136,26 @@ class ModelCatalog:
         self._clock = clock
         self._snapshot: Snapshot | None = None
         self._loaded_at = -float("inf")
+        self._started = 0  # reloads started, and the number of the one whose snapshot is installed
+        self._installed = 0
         self._task: asyncio.Task[None] | None = None
+        self._watch: asyncio.Task[None] | None = None
         self._miss: asyncio.Future[None] | None = None
         self._stopping = asyncio.Event()
+        self._dirty = asyncio.Event()
 
     async def start(self) -> None:
-        """Load once (a failure is logged: the refresher keeps trying) and start refreshing."""
+        """Load once (a failure is logged: the refresher keeps trying), start refreshing and watching."""
         with contextlib.suppress(ServiceUnavailable):
             await self.refresh()
         self._task = asyncio.create_task(self._refresh_forever(), name="catalog.refresh")
+        if self._changes is not None:
+            self._watch = asyncio.create_task(self._changes.run(self.invalidate, self._stopping), name="catalog.watch")
 
     async def stop(self) -> None:
         self._stopping.set()
-        for task in (self._task, self._miss):
+        self._dirty.set()
+        for task in (self._task, self._watch, self._miss):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -140,6 +164,8 @@ class ModelCatalog:
     async def refresh(self) -> None:
         """Reload the snapshot now; ``ServiceUnavailable`` (and the old snapshot kept) when Postgres fails."""
         started = self._clock()
+        self._started += 1
+        number = self._started
         try:
             infos = await asyncio.wait_for(self._registry.list_models(), timeout=self._timeout_s)
         except TimeoutError as exc:
@@ -148,20 +174,27 @@ class ModelCatalog:
         except ServiceUnavailable as exc:
             log.warning("catalog.refresh_failed", error=exc.message)
             raise
+        if number < self._installed:
+            return  # a reload started later already installed a newer snapshot: never go back in time
         self._snapshot = Snapshot.of(infos)
+        self._installed = number
         self._loaded_at = started
 
-    async def resolve(self, ref: ModelRef) -> ModelVersion:
+    def invalidate(self) -> None:
+        """The registry changed: reload in the background now (many calls at once make one reload)."""
+        self._dirty.set()
+
+    async def resolve(self, ref: ModelRef, *, pick: Pick | None = None) -> ModelVersion:
         """The version ``ref`` names now: in memory, or after one rate-limited reload on a miss."""
         if self._snapshot is not None:
             try:
-                return self._snapshot.resolve(ref, rng=self._rng)
+                return self._snapshot.resolve(ref, rng=self._rng, pick=pick)
             except NotFound:
                 if not await self._reload_for_miss():
                     raise
         else:
             await self._reload_for_miss()
-        return self._current().resolve(ref, rng=self._rng)
+        return self._current().resolve(ref, rng=self._rng, pick=pick)
 
     async def model(self, name: str) -> ModelInfo:
         """One model with its versions and aliases (reloaded on a miss like ``resolve``)."""
@@ -205,7 +238,11 @@ class ModelCatalog:
     async def _refresh_forever(self) -> None:
         # NOTE: ends on the stop event too: the refresh's asyncio.wait_for can swallow a cancel on Python 3.11.
         while not self._stopping.is_set():
-            await asyncio.sleep(self._refresh_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._dirty.wait(), timeout=self._refresh_s)
+            if self._stopping.is_set():
+                break
+            self._dirty.clear()  # before the reload: a change announced during it makes another one
             try:
                 await self.refresh()
             except ServiceUnavailable:

@@ -1,5 +1,7 @@
 """Models as the API lists them: the catalog's versions and aliases, plus readiness from Redis.
 
+Soft-deleted versions are not in the catalog, so never listed here.
+
 A version is ready while its partition's alive key exists (a worker consumes it). Readiness is read
 in one pipelined round trip; when Redis cannot be read, every version reads as not ready. The backlog
 of every version (``GET /health/backlog``, the stream gauges) is read the same way, at most once a
@@ -17,7 +19,7 @@ from redis.exceptions import ResponseError
 
 from inferq.api.catalog import ModelCatalog
 from inferq.contracts.http import AliasView, ModelList, ModelView, VersionView
-from inferq.contracts.models import DEFAULT_ALIAS, ModelInfo, ModelRef
+from inferq.contracts.models import DEFAULT_ALIAS, Alias, ModelInfo, ModelRef, ModelVersion
 from inferq.contracts.names import Names
 from inferq.errors import InvalidInput, ModelNotFound, ServiceUnavailable
 from inferq.streams.backlog import Backlog, read_backlog
@@ -105,19 +107,28 @@ def _view(info: ModelInfo, ready: set[tuple[str, int]]) -> ModelView:
         ready=any((info.name, v) in ready for v in targets),
         created_at=info.created_at,
         description=info.description,
-        versions=tuple(
-            VersionView(
-                version=v.version,
-                status=v.status,
-                ready=(info.name, v.version) in ready,
-                signature=v.signature,
-                sha256=v.sha256,
-                size_bytes=v.size_bytes,
-                created_at=v.created_at,
-                description=v.description,
-                overrides=v.overrides,
-            )
-            for v in info.versions
-        ),
-        aliases=tuple(AliasView(name=a.name, weights=a.weights, fallback=a.fallback) for a in info.aliases),
+        versions=tuple(version_view(v, ready=(info.name, v.version) in ready) for v in info.versions),
+        aliases=tuple(alias_view(a) for a in info.aliases),
+    )
+
+
+def version_view(version: ModelVersion, *, ready: bool) -> VersionView:
+    """A version as the API shows it (``GET /v1/models/{model}``, the version routes, uploads)."""
+    return VersionView(
+        version=version.version,
+        status=version.status,
+        ready=ready,
+        signature=version.signature,
+        sha256=version.sha256,
+        size_bytes=version.size_bytes,
+        created_at=version.created_at,
+        description=version.description,
+        overrides=version.overrides,
+    )
+
+
+def alias_view(alias: Alias) -> AliasView:
+    """An alias as the API shows it."""
+    return AliasView(
+        name=alias.name, weights=alias.weights, fallback=alias.fallback, shadow=alias.shadow, previous=alias.previous
     )

@@ -76,7 +76,7 @@ class FastPredict:
             # The route's guard, as Litestar would run it: the quota is spent in the admission script.
             principal = require(await services.auth.authenticate(scope["headers"], address(scope)), "predict")
             structlog.contextvars.bind_contextvars(tenant=principal.tenant, key_id=principal.key_id)
-            prefer, cancel_after = read_headers(scope["headers"])
+            prefer, cancel_after, key = read_headers(scope["headers"])
             hold = service.limits.hold(prefer)
             call = PredictCall(
                 ref=model_ref(model),
@@ -85,6 +85,7 @@ class FastPredict:
                 ttl_ms=service.limits.ttl_ms(cancel_after),
                 correlation_id=cid,
                 principal=principal,
+                routing_key=key,
             )
             status, payload, headers = answer_response(await service.predict(call), applied=hold.applied)
             raw = _encoder.encode(payload)

@@ -65,12 +65,35 @@ class Metrics:
             registry=self.registry,
             multiprocess_mode="livesum",
         )
+        self.shadow_requests = Counter(
+            "inferq_shadow_requests_total",
+            "Mirrored requests (shadow traffic) by model, shadow version and outcome: sent (enqueued), or dropped "
+            "(too many mirrors in flight, the shadow partition over its admission limit, or Redis unavailable).",
+            ["model", "version", "outcome"],
+            registry=self.registry,
+        )
+
+        self.fallbacks = Counter(
+            "inferq_fallbacks_total",
+            "Predictions to an alias with fallback on whose chosen version could not serve (reason not_ready: no "
+            "live consumer; load_failed: its model failed to load), by model, chosen and serving version.",
+            ["model", "from_version", "to_version", "reason"],
+            registry=self.registry,
+        )
+        self.result_cache = Counter(
+            "inferq_result_cache_requests_total",
+            "Predictions looked up in the result cache (versions with result_cache_ttl_s only), by model, version "
+            "and outcome: hit (answered from Redis, no worker) or miss (enqueued). Hit ratio = hit / (hit + miss).",
+            ["model", "version", "outcome"],
+            registry=self.registry,
+        )
 
         self.jobs: JobCounts | None = None  # set by the app's runtime while it is open (api/runtime.py)
         # NOTE: labelled children cached by label values: ``labels()`` takes a lock and builds a key.
         self._requests: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self._predictions: dict[tuple[str, int, str], Counter] = {}
         self._latencies: dict[tuple[str, int], Histogram] = {}
+        self._cache_lookups: dict[tuple[str, int, bool], Counter] = {}
 
     def count_request(self, *, route: str, method: str, status: int, seconds: float) -> None:
         key = (route, method, status)
@@ -95,6 +118,19 @@ class Metrics:
         child = self._predictions.get(key)
         if child is None:
             child = self._predictions[key] = self.predictions.labels(model, str(version), outcome)
+        child.inc()
+
+    def count_shadow(self, *, model: str, version: int, outcome: str) -> None:
+        self.shadow_requests.labels(model, str(version), outcome).inc()
+
+    def count_fallback(self, *, model: str, from_version: int, to_version: int, reason: str) -> None:
+        self.fallbacks.labels(model, str(from_version), str(to_version), reason).inc()
+
+    def count_cache(self, *, model: str, version: int, hit: bool) -> None:
+        key = (model, version, hit)
+        child = self._cache_lookups.get(key)
+        if child is None:
+            child = self._cache_lookups[key] = self.result_cache.labels(model, str(version), "hit" if hit else "miss")
         child.inc()
 
     async def read_jobs(self) -> Mapping[str, int] | None:

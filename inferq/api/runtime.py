@@ -9,12 +9,17 @@ from dataclasses import dataclass
 
 from inferq.api.auth import Authenticator
 from inferq.api.catalog import ModelCatalog
+from inferq.api.comparisons import ComparisonService
 from inferq.api.directory import ModelDirectory
 from inferq.api.headers import CallLimits
 from inferq.api.health import HealthChecks
 from inferq.api.job_counts import JobCounts
 from inferq.api.jobs import JobService
+from inferq.api.lifecycle import ModelLifecycle
 from inferq.api.metrics import Metrics
+from inferq.api.model_uploads import ChildLimits, ModelUploads
+from inferq.api.readiness import ReadinessView
+from inferq.api.routing import Router
 from inferq.api.service import PredictionService
 from inferq.api.stats import StatsService
 from inferq.api.v2.inference import V2Inference
@@ -22,12 +27,14 @@ from inferq.api.v2.metadata import V2Metadata
 from inferq.contracts.names import Names
 from inferq.errors import InvalidInput, ServiceUnavailable
 from inferq.settings import Settings
+from inferq.store.comparisons import Comparisons
 from inferq.store.database import create_engine, create_sessionmaker
 from inferq.store.deliveries import DeliveryStore
 from inferq.store.jobs import JobStore
 from inferq.store.keys import KeyHasher, KeyStore
 from inferq.store.prediction_stats import PredictionStats
 from inferq.store.registry import Registry
+from inferq.streams.catalog_revisions import CatalogNotifier, RevisionWatcher
 from inferq.streams.connection import connect
 from inferq.streams.producer import Producer
 from inferq.streams.quotas import Quotas
@@ -52,6 +59,9 @@ class Services:
     quotas: Quotas
     keys: KeyStore
     stats: StatsService
+    lifecycle: ModelLifecycle
+    uploads: ModelUploads
+    comparisons: ComparisonService
 
 
 @contextlib.asynccontextmanager
@@ -74,16 +84,21 @@ async def opened(settings: Settings, *, metrics: Metrics) -> AsyncIterator[Servi
     )
     sessionmaker = create_sessionmaker(engine)
     keys = KeyStore(sessionmaker, hasher=hasher)
+    # Every registry write is announced, and every catalog watches: API processes agree within a second.
+    registry = Registry(sessionmaker, on_change=CatalogNotifier(redis, names=names).changed)
     catalog = ModelCatalog(
-        Registry(sessionmaker),
+        registry,
         refresh_s=settings.api.catalog_refresh_s,
         miss_refresh_s=settings.api.catalog_miss_refresh_s,
+        changes=RevisionWatcher(redis, names=names),
     )
     tasks = TaskQueue(redis, prefix=services.key_prefix)
     instance = ReplyListener.instance_name()
     listener = ReplyListener(redis, channel=names.reply_channel(instance), result_key=names.result)
     short_ttl = queue.result_short_ttl_s or max(1, round(2 * queue.wait_max_s))
     limits = CallLimits.of(settings)
+    readiness = ReadinessView(catalog=catalog, redis=redis, names=names, timeout_s=services.socket_timeout_s)
+    router = Router(catalog=catalog, readiness=readiness, metrics=metrics)
     predictions = PredictionService(
         catalog=catalog,
         redis=redis,
@@ -97,10 +112,12 @@ async def opened(settings: Settings, *, metrics: Metrics) -> AsyncIterator[Servi
         max_elements=settings.api.max_elements,
         redis_timeout_s=services.socket_timeout_s,
         metrics=metrics,
+        router=router,
     )
     metrics.jobs = JobCounts(engine)  # inferq_jobs on /metrics, read from this process's engine
     try:
         await catalog.start()
+        await router.start()  # the readiness view fallback reads (api/readiness.py)
         # NOTE: subscribe before the first XADD; when Redis is down the listener keeps retrying
         # in the background and this process still starts (predictions get 503 until it is back).
         with contextlib.suppress(TimeoutError):
@@ -134,12 +151,36 @@ async def opened(settings: Settings, *, metrics: Metrics) -> AsyncIterator[Servi
             quotas=Quotas(redis, names),
             keys=keys,
             stats=StatsService(catalog=catalog, store=PredictionStats(sessionmaker)),
+            lifecycle=ModelLifecycle(registry=registry, catalog=catalog, directory=directory),
+            uploads=_uploads(settings, registry, catalog),
+            comparisons=ComparisonService(catalog=catalog, store=Comparisons(sessionmaker)),
         )
     finally:
         metrics.jobs = None
         predictions.drain()
+        with contextlib.suppress(TimeoutError):  # mirrors being enqueued: best effort, but not cut off mid-XADD
+            async with asyncio.timeout(2 * settings.services.socket_timeout_s + 0.5):
+                await predictions.shadows.wait()
+        await router.stop()
         await catalog.stop()
         await listener.stop()
         await tasks.aclose()
         await redis.aclose()
         await engine.dispose()
+
+
+def _uploads(settings: Settings, registry: Registry, catalog: ModelCatalog) -> ModelUploads:
+    api, engine = settings.api, settings.engine
+    limits = ChildLimits(
+        timeout_s=api.model_validate_timeout_s,
+        cpu_s=api.model_validate_cpu_s,
+        memory_bytes=api.model_validate_memory_bytes or ChildLimits.default_memory(engine.max_model_bytes),
+        max_model_bytes=engine.max_model_bytes,
+        intra_op_threads=engine.intra_op_threads,
+        inter_op_threads=engine.inter_op_threads,
+    )
+
+    async def registered(model: str) -> None:
+        await catalog.refresh()  # this process sees the new version at once
+
+    return ModelUploads(registry, limits=limits, concurrency=api.model_validate_concurrency, on_registered=registered)

@@ -14,12 +14,16 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import msgspec
 import redis.asyncio as aioredis
 import structlog
 
 from inferq.api.catalog import ModelCatalog
 from inferq.api.headers import CallLimits
 from inferq.api.metrics import Metrics
+from inferq.api.result_cache import ResultCache
+from inferq.api.routing import Route, Router
+from inferq.api.shadow import ShadowMirror
 from inferq.contracts.auth import Principal
 from inferq.contracts.messages import InferRequest, InferResult, OutputForm, Pending, Reply, State, message_encoder
 from inferq.contracts.models import ModelRef, ModelVersion
@@ -65,6 +69,7 @@ class PredictCall:
     priority: int = 0
     placehold: bool = True  # no result in time: keep a placeholder so the id can be polled (v1's 202)
     running_wait_s: float = 0.0  # after ``wait_s``, hold this much longer if a worker has taken the request
+    routing_key: str | None = None  # X-Routing-Key: the same key gets the same version of an alias
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +81,8 @@ class Answer:
     version: int
     result: InferResult | None
     total_ms: float
+    route: Route | None = None  # the served version and any fallback (headers: api/routing.py)
+    cached: bool = False  # answered from the result cache (api/result_cache.py): no worker ran it
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,8 +114,10 @@ class PredictionService:
         max_elements: int,
         redis_timeout_s: float,
         metrics: Metrics,
+        router: Router,
     ) -> None:
         self._catalog = catalog
+        self._router = router
         self._redis = redis
         self._producer = producer
         self._listener = listener
@@ -122,6 +131,10 @@ class PredictionService:
         # load and reply may each take one timeout), so a hung Redis is a 503, never a hang.
         self._bound_s = 2 * redis_timeout_s + 0.5
         self._metrics = metrics
+        self._cache = ResultCache(redis, names=names, metrics=metrics, timeout_s=self._bound_s)
+        self.shadows = ShadowMirror(
+            catalog=catalog, producer=producer, names=names, queue=queue, metrics=metrics, timeout_s=self._bound_s
+        )
         self._partitions: dict[tuple[str, int], Partition] = {}
         self._held: set[asyncio.Future[InferResult]] = set()
         self._draining = False
@@ -146,21 +159,39 @@ class PredictionService:
         """The version a call to ``ref`` would use now (an alias's weighted pick included)."""
         return await self._catalog.resolve(ref)
 
-    async def predict(self, call: PredictCall, *, version: ModelVersion | None = None) -> Answer:
+    async def route(self, ref: ModelRef, *, routing_key: str | None = None) -> Route:
+        """The version a call to ``ref`` would use now: weights (sticky with a key), then fallback."""
+        return await self._router.route(ref, key=routing_key)
+
+    async def predict(
+        self, call: PredictCall, *, version: ModelVersion | None = None, route: Route | None = None
+    ) -> Answer:
         """Validate, enqueue and hold up to ``call.wait_s``; raises domain errors for every rejection.
 
         ``version``: already resolved by the caller (it validated against that signature), else resolved here.
         """
         started = time.perf_counter()
-        version = version or await self._catalog.resolve(call.ref)
+        if route is None:
+            route = Route(version) if version else await self._router.route(call.ref, key=call.routing_key)
+        version = route.version
         structlog.contextvars.bind_contextvars(model=version.model, version=version.version)
         message = self._message(call, version)
+        if route.fallback_from:  # the worker's prediction log records it
+            message = msgspec.structs.replace(message, fallback_from=route.fallback_from)
+        message, cached = await self._cache.consult(message, version, caller=call.principal)
+        if cached is not None:  # nothing enqueued: the rate quota was spent, no in-flight slot taken
+            return self._cached(cached, started, route)
+        shadow = await self.shadows.target(call.ref, version)
+        if shadow is not None:  # mirrored: both sides of the pair are logged (api/shadow.py)
+            message = msgspec.structs.replace(message, logged=True)
         future = self._listener.expect(message.id)  # before the XADD: the reply may beat our await
         self._held.add(future)
         self._metrics.held.inc()
         try:
             part = self._partition(version)
             entry_id = await self._enqueue(part, version, message, call.principal)
+            if shadow is not None:
+                self.shadows.mirror(message, to=shadow)
             if call.running_wait_s > 0:
                 await _hold_while_running(
                     future, call.wait_s, call.running_wait_s, running=lambda: self._delivered(part, entry_id)
@@ -191,7 +222,13 @@ class PredictionService:
                 )
         elif result.status != "succeeded":
             raise result_error(result)
-        return Answer(message.id, version.model, version.version, result, _ms_since(started))
+        return Answer(message.id, version.model, version.version, result, _ms_since(started), route=route)
+
+    def _cached(self, result: InferResult, started: float, route: Route) -> Answer:
+        seconds = time.perf_counter() - started
+        self._metrics.count_prediction(model=result.model, version=result.version, outcome="succeeded")
+        self._metrics.observe_prediction(model=result.model, version=result.version, seconds=seconds)
+        return Answer(result.id, result.model, result.version, result, _ms_since(started), route=route, cached=True)
 
     def _message(self, call: PredictCall, version: ModelVersion) -> InferRequest:
         """The stream message for ``call``, its inputs checked against the version's signature."""

@@ -117,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_parser("list", help="list models, versions and aliases")
     show = models.add_parser("show", help="one model with its versions, signatures and aliases")
     show.add_argument("name")
+    from inferq.cli import model_admin
+
+    model_admin.add_commands(models)  # upload, promote, rollback, archive: over HTTP
     return parser
 
 
@@ -218,8 +221,10 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         from inferq.cli.predict import predict
 
         return await predict(settings, model=args.model, raw_input=args.input)
-    from inferq.cli import models
+    from inferq.cli import model_admin, models
 
+    if args.models_command in model_admin.VERBS:
+        return await model_admin.run(args, settings)
     if args.models_command == "import":
         return await models.import_file(
             settings,

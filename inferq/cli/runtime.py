@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from inferq.cli.output import say
+from inferq.contracts.names import Names
 from inferq.embedded import started_services
 from inferq.errors import InvalidInput, ServiceUnavailable
 from inferq.settings import ServiceSettings, Settings
@@ -16,6 +17,7 @@ from inferq.store import migrate as schema
 from inferq.store.artifacts import LocalArtifactCache
 from inferq.store.database import async_url, create_engine, create_sessionmaker
 from inferq.store.registry import Registry
+from inferq.streams.catalog_revisions import CatalogNotifier
 from inferq.streams.connection import connect
 from inferq.streams.durability import check_redis
 
@@ -42,16 +44,21 @@ async def opened(settings: Settings, *, redis: bool = False) -> AsyncIterator[Ru
     with started_services(settings.services, redis=redis) as services:
         url = await prepare_database(services.database_url, embedded=embedded_db)
         engine = create_engine(url)
+        # With a Redis to tell, registry changes are announced: running APIs and workers reload at once.
+        redis_client = connect(services) if services.redis_url is not None else None
+        notifier = CatalogNotifier(redis_client, names=Names(services.key_prefix)) if redis_client else None
         try:
             sessions = create_sessionmaker(engine)
             yield Runtime(
                 services=services,
                 engine=engine,
                 sessions=sessions,
-                registry=Registry(sessions),
+                registry=Registry(sessions, on_change=notifier.changed if notifier else None),
                 artifacts=LocalArtifactCache(settings.engine.model_root),
             )
         finally:
+            if redis_client is not None:
+                await redis_client.aclose()
             await engine.dispose()
 
 

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
+from msgspec import UNSET, UnsetType
 
 from inferq.contracts.errors import ErrorInfo
 from inferq.contracts.messages import State
-from inferq.contracts.models import ModelSignature, VersionStatus
+from inferq.contracts.models import ModelSignature, Shadow, VersionStatus
 from inferq.contracts.predictions import Prediction
+from inferq.contracts.stats import Latency
 
 _INPUTS = msgspec.Meta(
     description=(
@@ -39,6 +41,14 @@ class ResponseTimings(msgspec.Struct, frozen=True, kw_only=True):
     batch_rows: int
 
 
+class Fallback(msgspec.Struct, frozen=True, kw_only=True):
+    """The alias's chosen version could not serve (``not_ready``: no live consumer; ``load_failed``: its model
+    failed to load): the version in ``version`` (the previous active one) served instead."""
+
+    from_version: int
+    reason: Literal["not_ready", "load_failed"]
+
+
 class PredictionResponse(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """One prediction request: its state, and its outputs or error once it has finished."""
 
@@ -49,12 +59,47 @@ class PredictionResponse(msgspec.Struct, frozen=True, kw_only=True, omit_default
     predictions: tuple[Prediction, ...] = ()
     error: ErrorInfo | None = None
     timings: ResponseTimings | None = None
+    fallback: Fallback | None = None  # routed away from the version the alias chose (docs/models.md)
+    cached: bool = False  # answered from the result cache (the version's result_cache_ttl_s): no worker ran it
 
 
 class AliasView(msgspec.Struct, frozen=True, kw_only=True):
+    """An alias: its traffic weights by version, whether it falls back, its shadow, and the weights it had
+    before its last change (``previous``, what a rollback restores)."""
+
     name: str
     weights: dict[int, int]
     fallback: bool = False
+    shadow: Shadow | None = None
+    previous: dict[int, int] | None = None
+
+
+class ShadowBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Mirror ``share`` percent (1-100) of the alias's requests to ``version``: run and logged, never answered."""
+
+    version: int
+    share: int
+
+
+class AliasBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``PUT /v1/models/{model}/aliases/{alias}``: exactly one of ``version`` (a pin) or ``weights`` (percentages
+    by version, summing to 100). Left out, ``fallback`` and ``shadow`` keep the alias's (a shadow whose version
+    becomes weighted ends); ``"shadow": null`` ends the shadow."""
+
+    version: int | UnsetType = UNSET
+    weights: dict[int, int] | UnsetType = UNSET
+    fallback: bool | UnsetType = UNSET
+    shadow: ShadowBody | UnsetType | None = UNSET
+
+
+class VersionPatch(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``PATCH /v1/models/{model}/versions/{version}``: what to change; ``overrides`` replaces them whole
+    (``{}`` clears them), ``"description": null`` clears the description."""
+
+    status: VersionStatus | UnsetType = UNSET
+    description: str | UnsetType | None = UNSET
+    # NOTE: floats on the wire (int | float would be a oneOf an int matches twice); whole numbers are stored as ints.
+    overrides: dict[str, float] | UnsetType = UNSET
 
 
 class VersionView(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -103,3 +148,55 @@ class Problem(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     code: str
     detail: str = ""
     details: dict[str, Any] = {}
+
+
+# ``GET /v1/models/{model}/compare`` (shadow traffic and canaries, issue 6).
+
+
+class Agreement(msgspec.Struct, frozen=True, kw_only=True):
+    """How often two versions predicted the same for the same inputs (classifiers only: the prediction log
+    keeps predicted classes, not regression values). ``pairs``: what could be paired; ``compared``: those
+    with a class on both sides (both succeeded); ``rate`` = agreed / compared, null when nothing compared."""
+
+    pairs: int
+    compared: int
+    agreed: int
+    rate: float | None
+
+
+class VersionComparison(msgspec.Struct, frozen=True, kw_only=True):
+    """One version's logged results in the window, mirrored ones (``shadow_requests``) included.
+
+    ``errors``: results that did not succeed (``statuses`` says how they ended); ``latency``: of the results
+    that succeeded; ``classes``: predicted rows per class.
+    """
+
+    version: int
+    requests: int
+    shadow_requests: int
+    rows: int
+    errors: int
+    error_rate: float
+    statuses: dict[str, int]
+    latency: Latency
+    classes: dict[str, int]
+
+
+class PairComparison(msgspec.Struct, frozen=True, kw_only=True):
+    """Two versions on the same inputs. ``shadow``: requests served by one paired with their mirror on the
+    other (either way round); ``canary``: distinct inputs (``input_digest``) both were sent outside shadowing,
+    each version's most frequent answer to them compared."""
+
+    versions: tuple[int, int]
+    shadow: Agreement
+    canary: Agreement
+
+
+class ModelComparison(msgspec.Struct, frozen=True, kw_only=True):
+    """Versions of ``model`` side by side over the logged results from ``since`` to ``until`` (every tenant)."""
+
+    model: str
+    since: dt.datetime
+    until: dt.datetime
+    versions: tuple[VersionComparison, ...]
+    pairs: tuple[PairComparison, ...]

@@ -41,12 +41,31 @@ class Names:
         """Present (with a short TTL) while some worker consumes the partition: model readiness."""
         return f"{self.prefix}:{{{partition}}}:alive"
 
+    def broken(self, partition: str) -> str:
+        """Present (with a short TTL) after a worker failed to load the partition's model: fallback skips it."""
+        return f"{self.prefix}:{{{partition}}}:broken"
+
     def result(self, request_id: str) -> str:
         return f"{self.prefix}:result:{request_id}"
 
     def reply_channel(self, instance: str) -> str:
         """Pub/sub channel of one API instance."""
         return f"{self.prefix}:reply:{instance}"
+
+    def result_cache(self, partition: str, tenant: str, digest: str) -> str:
+        """A cached answer of a deterministic version to one tenant's input digest (the result cache; TTL'd).
+
+        NOTE: per tenant: a hit says "someone sent these inputs lately", which must not cross tenants.
+        """
+        return f"{self.prefix}:cache:{partition}:{tenant}:{digest}"
+
+    def catalog_revision(self) -> str:
+        """Bumped by every registry change (streams/catalog_revisions.py): catalogs reload when it moves."""
+        return f"{self.prefix}:catalog:rev"
+
+    def catalog_channel(self) -> str:
+        """Pub/sub channel announcing a registry change at once (the revision covers missed messages)."""
+        return f"{self.prefix}:catalog:changed"
 
     def quota(self, key_id: str) -> str:
         """An API key's rate-limit state (GCRA: its theoretical arrival time)."""

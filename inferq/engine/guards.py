@@ -29,13 +29,13 @@ def check_external_data(proto: onnx.ModelProto) -> None:
 def check_domains(proto: onnx.ModelProto) -> None:
     """Refuse custom operator domains: ONNX Runtime would need a custom-op library to run them."""
     imports = [*proto.opset_import, *(o for function in proto.functions for o in function.opset_import)]
-    domains = [o.domain for o in imports] + [node.domain for graph in _graphs(proto) for node in graph.node]
+    domains = [o.domain for o in imports] + [node.domain for graph in all_graphs(proto) for node in graph.node]
     for domain in domains:
         if domain not in STANDARD_DOMAINS:
             raise InvalidModel(f"custom operator domain {domain!r} is not supported", domain=domain)
 
 
-def _graphs(proto: onnx.ModelProto) -> Iterator[Graph]:
+def all_graphs(proto: onnx.ModelProto) -> Iterator[Graph]:
     """The main graph, model-local functions and every subgraph in node attributes (If, Loop, Scan)."""
     pending: list[Graph] = [proto.graph, *proto.functions]
     while pending:  # NOTE: a loop, not recursion: nesting depth is the model author's choice
@@ -50,7 +50,7 @@ def _graphs(proto: onnx.ModelProto) -> Iterator[Graph]:
 
 def _tensors(proto: onnx.ModelProto) -> Iterator[tuple[str, onnx.TensorProto]]:
     """Every tensor with where it sits: initializers, sparse initializers and node attributes."""
-    for graph in _graphs(proto):
+    for graph in all_graphs(proto):
         if isinstance(graph, onnx.GraphProto):
             for tensor in graph.initializer:
                 yield f"initializer {tensor.name!r}", tensor

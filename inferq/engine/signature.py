@@ -7,7 +7,7 @@ from onnx import TensorProto
 
 from inferq.contracts.models import DType, ModelSignature, TensorSpec
 from inferq.engine import metadata
-from inferq.engine.guards import check_domains, check_external_data
+from inferq.engine.guards import all_graphs, check_domains, check_external_data
 from inferq.engine.tasks import check_classes, detect_task
 from inferq.errors import InvalidModel
 from inferq.inputs import shape_text
@@ -20,6 +20,10 @@ _DTYPES: dict[int, DType] = {
     TensorProto.BOOL: "bool",
     TensorProto.STRING: "string",
 }
+# Operators of the default domain that draw random numbers (Dropout too, in training mode: ``random_ops``).
+_RANDOM_OPS = frozenset(
+    {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
+)
 # Attributes holding class labels on ai.onnx.ml classifier nodes (Linear, SVM: *_ints; trees: *_int64s).
 _LABEL_ATTRIBUTES = ("classlabels_ints", "classlabels_int64s", "classlabels_strings")
 
@@ -95,7 +99,24 @@ def describe_model(proto: onnx.ModelProto) -> ModelSignature:
         probabilities_output=roles.probabilities_output,
         value_output=roles.value_output,
         allow_nan=metadata.read_flag(props, metadata.ALLOW_NAN),
+        nondeterministic_ops=random_ops(proto),
     )
+
+
+def random_ops(proto: onnx.ModelProto) -> tuple[str, ...]:
+    """The operators (sorted, once each) whose outputs are random, anywhere in the model: such a model
+    answers the same inputs differently, so its results must never be cached.
+
+    Dropout counts only with a ``training_mode`` input: without one (inference) it is the identity.
+    """
+    found: set[str] = set()
+    for graph in all_graphs(proto):
+        for node in graph.node:
+            if node.domain not in ("", "ai.onnx"):
+                continue
+            if node.op_type in _RANDOM_OPS or (node.op_type == "Dropout" and len(node.input) > 2 and node.input[2]):
+                found.add(node.op_type)
+    return tuple(sorted(found))
 
 
 def _spec(value: onnx.ValueInfoProto, *, role: str) -> TensorSpec:

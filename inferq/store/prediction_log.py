@@ -15,7 +15,7 @@ from inferq.store.tables import PredictionLogRow
 
 _COLUMNS = (
     "created_at", "tenant", "model", "version", "status", "error_code", "queue_ms", "inference_ms", "row_count",
-    "predicted", "predicted_counts",
+    "predicted", "predicted_counts", "request_id", "shadow_of", "input_digest", "fallback_from",
 )  # fmt: skip
 _json = msgspec.json.Encoder()
 
@@ -34,6 +34,10 @@ class LogRecord(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
     rows: int = 1
     predicted: str | None = None  # a one-row classifier result's class
     predicted_counts: dict[str, int] | None = None  # a larger one's {class: rows}
+    request_id: str | None = None
+    shadow_of: str | None = None  # a shadow's row: the primary request it mirrored (its ``request_id``)
+    input_digest: str | None = None  # ``contracts.digests.input_digest`` of the request: "the same inputs"
+    fallback_from: int | None = None  # served by this version because that one could not
 
 
 class PredictionLogStore:
@@ -88,4 +92,8 @@ def _row(record: LogRecord) -> tuple[Any, ...]:
         record.rows,
         record.predicted,
         None if counts is None else _json.encode(counts).decode(),
+        record.request_id,
+        record.shadow_of,
+        record.input_digest,
+        record.fallback_from,
     )

@@ -8,11 +8,12 @@ from typing import Any, cast
 
 import msgspec
 
-from inferq.contracts.models import Alias, ModelSignature, ModelVersion, VersionStatus
+from inferq.contracts.models import Alias, ModelSignature, ModelVersion, Shadow, VersionStatus
 from inferq.errors import InvalidInput
 from inferq.store.tables import AliasRow, VersionRow
 
 Overrides = dict[str, int | float]
+RESULT_CACHE_TTL_S = "result_cache_ttl_s"  # the result cache's override (api/result_cache.py)
 
 
 def version_from_row(model: str, row: VersionRow) -> ModelVersion:
@@ -32,7 +33,14 @@ def version_from_row(model: str, row: VersionRow) -> ModelVersion:
 
 def alias_from_row(model: str, row: AliasRow) -> Alias:
     """The contract for one ``model_aliases`` row (JSON object keys are version numbers)."""
-    return Alias(model=model, name=row.name, weights=weights_from_json(row.weights), fallback=row.fallback)
+    return Alias(
+        model=model,
+        name=row.name,
+        weights=weights_from_json(row.weights),
+        fallback=row.fallback,
+        shadow=msgspec.convert(row.shadow, Shadow) if row.shadow is not None else None,
+        previous=weights_from_json(row.previous) if row.previous is not None else None,
+    )
 
 
 def weights_from_json(weights: Mapping[str, Any]) -> dict[int, int]:
@@ -50,12 +58,34 @@ def signature_to_json(signature: ModelSignature) -> dict[str, Any]:
     return cast(dict[str, Any], msgspec.to_builtins(signature))
 
 
-def check_overrides(overrides: Mapping[str, int | float] | None) -> Overrides:
-    """Per-version serving overrides: names to finite numbers (``{"max_batch": 32}``)."""
+def check_overrides(
+    overrides: Mapping[str, int | float] | None, *, signature: ModelSignature | None = None
+) -> Overrides:
+    """Per-version serving overrides: names to finite numbers (``{"max_batch": 32}``).
+
+    With the version's ``signature``, also the rules that depend on the model (``check_result_cache``);
+    callers that store overrides must pass it.
+    """
     clean: Overrides = {}
     for key, value in (overrides or {}).items():
         number_ok = isinstance(value, int | float) and not isinstance(value, bool)
         if not isinstance(key, str) or not key or not number_ok or not math.isfinite(value):
             raise InvalidInput(f"invalid serving override {key!r}: {value!r} (a finite number)", field="overrides")
         clean[key] = value
+    if signature is not None:
+        check_result_cache(clean, signature)
     return clean
+
+
+def check_result_cache(overrides: Mapping[str, int | float], signature: ModelSignature) -> None:
+    """``result_cache_ttl_s`` (seconds; > 0 enables the result cache) only for deterministic models."""
+    ttl_s = overrides.get(RESULT_CACHE_TTL_S, 0)
+    if ttl_s < 0:
+        raise InvalidInput(f"{RESULT_CACHE_TTL_S} must be 0 (off) or a positive number of seconds", field="overrides")
+    if ttl_s > 0 and signature.nondeterministic_ops:
+        ops = ", ".join(signature.nondeterministic_ops)
+        raise InvalidInput(
+            f"{RESULT_CACHE_TTL_S} cannot be enabled: the model is not deterministic (random operators: {ops})",
+            field="overrides",
+            nondeterministic_ops=list(signature.nondeterministic_ops),
+        )

@@ -38,14 +38,21 @@ local wait = tat - now - interval * tonumber(ARGV[{burst}])
 if wait < 0.001 then wait = 0 end
 """
 
+
+def gcra_step(*, interval: int, quota: int, burst: int) -> str:
+    """The GCRA step for a script: the positions of ARGV interval (ms), KEYS quota key and ARGV burst."""
+    return _GCRA.format(interval=interval, quota=quota, burst=burst)
+
+
+# Spends the rate once the step allowed it: KEYS[{quota}] gets the new arrival time (``tat``, ``now``: the step's).
+SPEND = "redis.call('SET', KEYS[{quota}], string.format('%.3f', tat), 'PX', math.ceil(tat - now) + 1000)\n"
+
 # KEYS[1] quota key; ARGV[1] interval ms, ARGV[2] burst. Returns 0, or the ms to wait.
 HIT = (
-    _GCRA.format(interval=1, quota=1, burst=2)
-    + """
-if wait > 0 then return math.max(1, math.ceil(wait)) end
-redis.call('SET', KEYS[1], string.format('%.3f', tat), 'PX', math.ceil(tat - now) + 1000)
-return 0
-"""
+    gcra_step(interval=1, quota=1, burst=2)
+    + "if wait > 0 then return math.max(1, math.ceil(wait)) end\n"
+    + SPEND.format(quota=1)
+    + "return 0\n"
 )
 
 

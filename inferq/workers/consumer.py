@@ -188,10 +188,10 @@ class PartitionConsumer:
                 self._carry = batch + self._carry  # nothing was answered: run them again later
                 self._early = outcomes + self._early
                 raise
-            outcomes += [
-                Outcome(i.entry, r, i.work.request.reply, job=i.work.request.job, rows=i.work.request.rows)
-                for i, r in zip(batch, results, strict=True)
-            ]
+            for item, result in zip(batch, results, strict=True):
+                request = item.work.request
+                outcomes.append(Outcome(item.entry, result, request.reply, job=request.job, rows=request.rows,
+                                        request=request))  # fmt: skip
         await self._settle(outcomes, stop=stop)
 
     async def _without_ended_jobs(self, batch: list[Item], outcomes: list[Outcome]) -> list[Item]:
@@ -271,5 +271,6 @@ def decode(entry: Entry, part: Partition, *, now_ms: float) -> Work | Outcome:
     work = Work(request=request, enqueued_ms=enqueued_ms(entry.id), dequeued_ms=now_ms, delivery=entry.deliveries)
     if (request.model, request.version) != (part.model, part.version):
         error = InvalidInput(f"a request for {request.model}@{request.version} on partition {part.key}")
-        return Outcome(entry, finish(work, "failed", error=error), request.reply, job=request.job, rows=request.rows)
+        failed = finish(work, "failed", error=error)
+        return Outcome(entry, failed, request.reply, job=request.job, rows=request.rows, request=request)
     return work

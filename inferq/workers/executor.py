@@ -14,6 +14,7 @@ import structlog
 
 from inferq.contracts.messages import InferResult
 from inferq.contracts.models import ModelVersion
+from inferq.contracts.names import Names
 from inferq.engine import Runner
 from inferq.errors import InferqError, ServiceUnavailable
 from inferq.settings import Settings
@@ -34,6 +35,9 @@ INLINE_MAX_MS = 2.0
 
 
 SMALL_BATCH_ROWS = 4  # runs this small measure the fixed cost; larger ones the cost per row
+# A model that failed to load marks its partition broken this long (renewed by every failure): aliases with
+# fallback send their traffic elsewhere meanwhile (api/readiness.py), then try it again.
+BROKEN_TTL_S = 30
 
 
 @dataclass(slots=True)
@@ -89,6 +93,7 @@ class Executor:
         self._models = models
         self._clock = clock
         self._ledger = ledger
+        self._broken_key = Names(settings.services.key_prefix).broken(part.key)
         self.throughput = Throughput()
 
     async def run(self, works: Sequence[Work], *, keep_alive: Sequence[Entry]) -> list[InferResult]:
@@ -107,6 +112,8 @@ class Executor:
             raise
         except InferqError as exc:
             log.error("model.load_failed", partition=self._part.key, error=exc.message, code=exc.code)
+            if not exc.details.get("transient"):  # a race with the cache's eviction mends itself: no fallback
+                await self._mark_broken(exc.message)
             return [finish(work, "failed", error=exc) for work in works]
         rows = rows_of(works)
         threaded = self._threaded(rows)
@@ -144,9 +151,26 @@ class Executor:
             return rows >= self._settings.queue.thread_crossover_rows
         return predicted >= INLINE_MAX_MS
 
+    async def _mark_broken(self, error: str | None) -> None:
+        """Set the partition's broken key (``error``: the load failed) or delete it (the model loaded)."""
+        try:
+            if error is None:
+                await self._redis.delete(self._broken_key)
+            else:
+                await self._redis.set(self._broken_key, error[:500], ex=BROKEN_TTL_S)
+        except Exception as exc:  # a lost mark only delays fallback; the results still go out
+            log.warning("model.broken_mark_failed", partition=self._part.key, error=str(exc))
+
     async def load(self) -> Runner:
-        """The version's runner, loaded on first use (``ServiceUnavailable`` while Postgres is down)."""
-        return await self._models.runner(self._version, engine=self._settings.engine)
+        """The version's runner, loaded on first use (``ServiceUnavailable`` while Postgres is down).
+
+        A first load that works clears the partition's broken mark (``run`` sets it when loading fails).
+        """
+        if self._models.loaded(self._version, engine=self._settings.engine):
+            return await self._models.runner(self._version, engine=self._settings.engine)
+        runner = await self._models.runner(self._version, engine=self._settings.engine)
+        await self._mark_broken(None)
+        return runner
 
     @contextlib.asynccontextmanager
     async def _heartbeats(self, entries: Sequence[Entry]) -> AsyncIterator[None]:

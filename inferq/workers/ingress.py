@@ -85,6 +85,9 @@ def build_request(
     ttl_ms = request.ttl_ms if request.ttl_ms is not None else options.deadline_default_ms
     if ttl_ms <= 0:
         raise InvalidInput("ttl_ms must be positive", field="ttl_ms")
+    # NOTE: a new message, field by field: what only trusted code sets (cache_key and cache_ttl_ms, shadow_of,
+    # logged, fallback_from, key_id, job) never comes from a producer, whatever its entry holds; a producer
+    # naming a cache key could otherwise put its outputs under other tenants' inputs.
     work = InferRequest(
         id=request_id(producer, entry_id),
         tenant=tenant,

@@ -1,4 +1,8 @@
-"""The prediction log's buffer: which results are sampled, what a record keeps, and the bound on memory."""
+"""The prediction log's buffer: which results are sampled, what a record keeps, and the bound on memory.
+
+Sampling spares two kinds of request: a shadow (``shadow_of``) and a primary marked ``logged`` (one that
+was mirrored) are always kept, so that both sides of a pair reach the log and can be compared.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +10,10 @@ import hashlib
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from inferq.contracts.messages import InferResult
+from inferq.contracts.digests import input_digest
+from inferq.contracts.messages import InferRequest, InferResult
 from inferq.store.prediction_log import LogRecord
 
 if TYPE_CHECKING:
@@ -31,8 +36,8 @@ class Sampler:
         return int.from_bytes(digest, "big") < self._threshold
 
 
-def record_of(result: InferResult, *, rows: int, at: float) -> LogRecord:
-    """What the log keeps of one result: no inputs, no outputs but the predicted classes."""
+def record_of(result: InferResult, *, rows: int, at: float, request: InferRequest | None = None) -> LogRecord:
+    """What the log keeps of one result: no inputs (their digest only), no outputs but the predicted classes."""
     timings, error = result.timings, result.error
     labels = [str(p.label) if p.class_name is None else p.class_name for p in result.predictions if p.label is not None]
     return LogRecord(
@@ -47,7 +52,23 @@ def record_of(result: InferResult, *, rows: int, at: float) -> LogRecord:
         rows=rows or len(result.predictions),
         predicted=labels[0] if len(labels) == 1 else None,
         predicted_counts=dict(Counter(labels)) if len(labels) > 1 else None,
+        request_id=result.id,
+        **_pairing(request),
     )
+
+
+def _pairing(request: InferRequest | None) -> dict[str, Any]:
+    """What pairs a record with others: the request it mirrored, its inputs' digest, a fallback's origin.
+
+    NOTE: the digest is computed here, for the kept records only (a few µs per KB of inputs).
+    """
+    if request is None:
+        return {}
+    return {
+        "shadow_of": request.shadow_of or None,
+        "input_digest": input_digest(request.inputs, output=request.output, output_names=request.output_names),
+        "fallback_from": request.fallback_from or None,
+    }
 
 
 class LogBuffer:
@@ -64,16 +85,19 @@ class LogBuffer:
         return len(self._records)
 
     def add(self, outcomes: Sequence[Outcome]) -> None:
-        """Buffer the sampled, settled, non-job results among ``outcomes``."""
+        """Buffer the sampled (or always logged), settled, non-job results among ``outcomes``."""
         at = self._clock()
         for outcome in outcomes:
-            result = outcome.result
-            if result is None or outcome.job is not None or outcome.retry or not self._sampler.keeps(result.id):
+            result, request = outcome.result, outcome.request
+            if result is None or outcome.job is not None or outcome.retry:
+                continue
+            kept = request is not None and (request.logged or request.shadow_of)
+            if not kept and not self._sampler.keeps(result.id):
                 continue
             if len(self._records) >= self.capacity:
                 self.dropped += 1
                 continue
-            self._records.append(record_of(result, rows=outcome.rows, at=at))
+            self._records.append(record_of(result, rows=outcome.rows, at=at, request=request))
 
     def take(self, limit: int | None = None) -> list[LogRecord]:
         """Up to ``limit`` (all) of the oldest records, removed from the buffer."""

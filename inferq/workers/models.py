@@ -48,5 +48,7 @@ class ModelSource:
         # Only reached when the runner was evicted between the membership test and ``get``.
         data = self._local.read(sha)
         if data is None:
-            raise ModelLoadFailed(f"artifact {sha[:12]} left the local cache; it will be fetched again", sha256=sha)
+            raise ModelLoadFailed(
+                f"artifact {sha[:12]} left the local cache; it will be fetched again", sha256=sha, transient=True
+            )
         return data

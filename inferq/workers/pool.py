@@ -19,6 +19,7 @@ from inferq.settings import Settings
 from inferq.store.artifacts import LocalArtifactCache
 from inferq.store.jobs import JobStore
 from inferq.store.registry import Registry
+from inferq.streams.catalog_revisions import RevisionWatcher
 from inferq.streams.partition import Partition
 from inferq.streams.results import ResultStore, ResultTTL
 from inferq.workers.backoff import Backoff, sleep_unless
@@ -52,8 +53,9 @@ class WorkerPool:
     """Serves the partitions ``selection`` names until ``stop()``; then every partition finishes its
     batch, runs and acks what it had read, and ``run`` returns.
 
-    Versions leaving the selection (archived, or an alias moved away) are drained, then dropped;
-    new ones are picked up at the next discovery (``discovery_interval_s``). Models load lazily,
+    Versions leaving the selection (archived or deleted, or an alias moved away) are drained, then
+    dropped; new ones are picked up at the next discovery: at once when a registry change is announced
+    in Redis (streams/catalog_revisions.py), else every ``discovery_interval_s``. Models load lazily,
     on a partition's first message.
     """
 
@@ -83,6 +85,7 @@ class WorkerPool:
         )
         self.consumer = consumer or f"{socket.gethostname()}:{os.getpid()}"
         self._stop = asyncio.Event()
+        self._changed = asyncio.Event()  # the registry announced a change (or the pool is stopping)
         self._served: dict[str, _Served] = {}
 
     @property
@@ -98,24 +101,32 @@ class WorkerPool:
     def stop(self) -> None:
         """Ask the pool to drain and return from ``run`` (safe to call from a signal handler)."""
         self._stop.set()
+        self._changed.set()
 
     async def run(self) -> None:
         ledger = RunLedger(self._settings.queue.run_ledger) if self._settings.queue.run_ledger else None
         log.info("pool.started", consumer=self.consumer, pid=os.getpid())
         forwarder = self._start_forwarder()
+        watcher = RevisionWatcher(self._redis, names=self._names)
+        watch = asyncio.create_task(watcher.run(self._changed.set, self._stop), name="pool.watch")
         try:
             await self._sync_clock()
             await self._first_discovery(ledger)
             next_sync = time.monotonic() + CLOCK_SYNC_S
-            while not await sleep_unless(self._stop, self._settings.queue.discovery_interval_s):
+            while True:
+                await sleep_unless(self._changed, self._settings.queue.discovery_interval_s)
+                if self._stop.is_set():
+                    break
+                self._changed.clear()  # before discovering: a change announced meanwhile makes another pass
                 await self._discover(ledger)
                 if time.monotonic() >= next_sync:
                     next_sync = time.monotonic() + CLOCK_SYNC_S
                     await self._sync_clock()
         finally:
+            watch.cancel()
             for served in self._served.values():
                 served.stop.set()
-            tasks = [s.task for s in self._served.values()] + ([forwarder] if forwarder else [])
+            tasks = [s.task for s in self._served.values()] + ([forwarder] if forwarder else []) + [watch]
             await asyncio.gather(*tasks, return_exceptions=True)
             self._models.close()
             await self._observers.aclose()
@@ -179,8 +190,19 @@ class WorkerPool:
         upkeep = Upkeep(redis=redis, part=part, queue=queue, consumer=name, throughput=executor.throughput)
         stop = asyncio.Event()
         task = asyncio.create_task(_serve(consumer, reclaimer, upkeep, stop), name=f"partition:{part.key}")
+        task.add_done_callback(lambda done: self._drained(part.key, done))
         log.info("partition.started", partition=part.key, consumer=self.consumer)
         return _Served(version=version, consumer=consumer, stop=stop, task=task)
+
+    def _drained(self, key: str, task: asyncio.Task[None]) -> None:
+        """A draining partition finished: drop it now, and look again (its version may be wanted back)."""
+        served = self._served.get(key)
+        if served is None or served.task is not task or not served.consumer.draining or self._stop.is_set():
+            return
+        if task.cancelled() or task.exception() is not None:
+            return  # crashed: the next discovery logs it and serves it again if still wanted
+        del self._served[key]  # (the consumer logged partition.drained)
+        self._changed.set()
 
     def _start_forwarder(self) -> asyncio.Task[None] | None:
         """The ingress forwarder, when direct producers are configured (``INFERQ_PRODUCERS``)."""

@@ -6,7 +6,8 @@ bounded buffer (full: the record is dropped and counted). A task of its own writ
 most ``FLUSH_ROWS``. When Postgres fails, that batch is dropped and counted, the next attempt backs
 off, and the buffer fills up to its bound meanwhile: the worker never waits for the log, and the log
 never stops the worker. Every record is written once or logged as dropped (``prediction_log.dropped``
-with ``rows`` and a ``reason``).
+with ``rows`` and a ``reason``). Shadow traffic is kept whatever the sampling: a mirror and its primary are
+logged as a pair, to be compared (``log_buffer.py``; ``GET /v1/models/{model}/compare``).
 
 Job chunks are not logged: their rows are already in Postgres (the job's results and counters), the
 observer sees a chunk only after its outcome went there, and one chunk's run time is shared by hundreds

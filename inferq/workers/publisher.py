@@ -1,4 +1,5 @@
-"""Settling a batch: store + announce every result, dead-letter, then XACK + XDEL, in one pipeline."""
+"""Settling a batch: store + announce every result (and cache the cacheable), dead-letter, then XACK + XDEL, in one
+pipeline."""
 
 from __future__ import annotations
 
@@ -7,13 +8,18 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import redis.asyncio as aioredis
+import structlog
 from redis.asyncio.client import Pipeline
 
-from inferq.contracts.messages import InferResult, JobChunkRef, Reply
+from inferq.contracts.cached import CachedResult, cached_encoder
+from inferq.contracts.digests import input_digest
+from inferq.contracts.messages import InferRequest, InferResult, JobChunkRef, Reply
 from inferq.contracts.names import Names
 from inferq.streams.consumer import Entry, ack, dead_letter, release
 from inferq.streams.partition import Partition
 from inferq.streams.results import ResultStore, encode_result
+
+log = structlog.get_logger(__name__)
 
 REPLY_STREAM_MAX_LEN = 100_000
 
@@ -30,6 +36,7 @@ class Outcome:
     job: JobChunkRef | None = None  # a job chunk: its result goes to Postgres (workers/job_sink.py)
     rows: int = 0
     retry: bool = False  # not settled (its result could not be stored): leave it pending, uncounted
+    request: InferRequest | None = None  # the decoded message (shadow_of, logged, … for the settle and the log)
 
 
 class JobOutcomes(Protocol):
@@ -83,7 +90,9 @@ class Publisher:
         if self._observe is not None and not observed:
             self._observe(part, outcomes)
         for outcome in outcomes:
-            if outcome.result is not None:
+            # NOTE: a shadow's result is only logged (the observers saw it): never stored, never announced.
+            if outcome.result is not None and not (outcome.request is not None and outcome.request.shadow_of):
+                self._remember(pipe, outcome.result, outcome.request)  # before the store: cached once announced
                 self._store(pipe, outcome.result, outcome.reply)
         release(pipe, part, consumer=consumer, entries=[o.entry for o in outcomes if o.retry])
         acked = []
@@ -95,6 +104,24 @@ class Publisher:
             else:
                 acked.append(outcome.entry)
         ack(pipe, part, acked)
+
+    def _remember(self, pipe: Pipeline, result: InferResult, request: InferRequest | None) -> None:
+        """A succeeded result of a request that names a cache key is also kept there (the result cache),
+        outputs only, for the request's ``cache_ttl_ms``. Failures are never cached.
+
+        NOTE: the key must be the one this request's own partition and inputs make: the API sets it and the
+        ingress forwarder never copies it from a producer, but a message naming any other key (another input's,
+        a quota, a result) writes nothing, so no message can put its outputs under inputs it did not run.
+        """
+        if request is None or not request.cache_key or request.cache_ttl_ms <= 0 or result.status != "succeeded":
+            return
+        digest = input_digest(request.inputs, output=request.output, output_names=request.output_names)
+        partition = self._names.partition(request.model, request.version)
+        if request.cache_key != self._names.result_cache(partition, request.tenant, digest):
+            log.warning("result_cache.key_refused", id=request.id, model=request.model, version=request.version)
+            return
+        value = cached_encoder.encode(CachedResult(predictions=result.predictions, tensors=result.tensors))
+        pipe.set(request.cache_key, value, px=request.cache_ttl_ms)
 
     def _store(self, pipe: Pipeline, result: InferResult, reply: Reply | None) -> None:
         channel = stream = None

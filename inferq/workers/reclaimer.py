@@ -109,11 +109,13 @@ class Reclaimer:
             reason = f"delivered {entry.deliveries} times (max {limit}): worker crashed or timed out"
             error = InferenceFailed(reason, deliveries=entry.deliveries)
             result = finish(decoded, "dead_lettered", error=error)
-            outcome = Outcome(entry, result, request.reply, dead_reason=reason, job=request.job, rows=request.rows)
+            outcome = Outcome(
+                entry, result, request.reply, dead_reason=reason, job=request.job, rows=request.rows, request=request
+            )
             await self._publisher.settle(self._part, [outcome], consumer=self._consumer)
             log.warning("request.dead_lettered", partition=self._part.key, id=request.id, reason=reason)
             return
         log.warning("request.reclaimed", partition=self._part.key, id=request.id, delivery=entry.deliveries)
         [result] = await self._executor.run([decoded], keep_alive=[entry])
-        outcome = Outcome(entry, result, request.reply, job=request.job, rows=request.rows)
+        outcome = Outcome(entry, result, request.reply, job=request.job, rows=request.rows, request=request)
         await self._publisher.settle(self._part, [outcome], consumer=self._consumer)

@@ -12,7 +12,8 @@ from inferq.errors import InvalidInput
 @dataclass(frozen=True)
 class Selection:
     """``all``: every active or deprecated version. ``refs``: ``name@3`` is that version whatever its
-    status; ``name`` and ``name@alias`` are the served versions the alias routes traffic to.
+    status; ``name`` and ``name@alias`` are the served versions the alias routes traffic to, its shadow
+    included. Deleted versions are never listed, so never selected.
 
     Re-evaluated at every discovery, so new versions and moved aliases are picked up without restart.
     """
@@ -52,4 +53,6 @@ def _match(info: ModelInfo | None, ref: ModelRef) -> list[ModelVersion]:
     if alias is None:
         return []
     routed = {version for version, weight in alias.weights.items() if weight > 0}
+    if alias.shadow is not None:  # mirrored requests need a consumer too
+        routed.add(alias.shadow.version)
     return [v for v in info.versions if v.version in routed and v.status != "archived"]

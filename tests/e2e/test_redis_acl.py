@@ -170,6 +170,8 @@ REPLIES, OTHER_REPLIES = NAMES.producer_replies("billing"), NAMES.producer_repli
 API_CHANNEL = NAMES.reply_channel("api-0123456789ab")
 TASKS = f"{PREFIX}:tasks"
 QUOTA, IN_FLIGHT = NAMES.quota("0123456789abcdef"), NAMES.in_flight("0123456789abcdef")  # an API key's quota state
+CACHE = NAMES.result_cache(PART, "default", "ab" * 32)  # a cached answer (the result cache)
+REVISION, CHANGES = NAMES.catalog_revision(), NAMES.catalog_channel()  # registry changes announced
 FOREIGN = Names("other").work_stream(PART)  # another deployment's prefix
 JOB = "arq:job:deliver:d1:1"
 
@@ -205,6 +207,9 @@ ALLOWED: dict[str, list[Command]] = {
         cmd(f"EVAL x 4 {WORK} {RATE} {QUOTA} {IN_FLIGHT}"), cmd(f"EVALSHA 0 1 {QUOTA}"), cmd(f"GET {QUOTA}"),
         cmd(f"SET {QUOTA} 1 PX 9"), cmd(f"ZREMRANGEBYSCORE {IN_FLIGHT} -inf 9"), cmd(f"ZCARD {IN_FLIGHT}"),
         cmd(f"ZADD {IN_FLIGHT} 9 r1"), cmd(f"PTTL {IN_FLIGHT}"), cmd(f"PEXPIREAT {IN_FLIGHT} 9"),
+        cmd(f"EVAL x 2 {CACHE} {QUOTA}"), cmd(f"GET {CACHE}"),  # the result cache's lookup (spends the quota on a hit)
+        # registry changes: watched (GET, SUBSCRIBE) and announced after a model route wrote (INCR, PUBLISH)
+        cmd(f"GET {REVISION}"), cmd(f"SUBSCRIBE {CHANGES}"), cmd(f"INCR {REVISION}"), cmd(f"PUBLISH {CHANGES} m"),
     ],
     "worker": [
         cmd("PING"), cmd("INFO memory"), cmd("TIME"), cmd(f"XGROUP CREATE {WORK} workers 0 MKSTREAM"),
@@ -218,6 +223,8 @@ ALLOWED: dict[str, list[Command]] = {
         cmd(f"XADD {INGRESS}:dlq * m x"), cmd(f"EVAL x 3 {WORK} {RATE} {NAMES.prefix}:{{{PART}}}:fwd:billing:1-1"),
         cmd(f"PSETEX {JOB} 9 x"), cmd(f"ZADD {TASKS} 1 deliver:d1:1"),
         cmd(f"ZREM {IN_FLIGHT} r1"),  # a stored result frees its API key's in-flight slot
+        cmd(f"SET {CACHE} x PX 9"),  # a cacheable result is kept for its TTL
+        cmd(f"GET {REVISION}"), cmd(f"SUBSCRIBE {CHANGES}"),  # registry changes, watched by the pool's discovery
     ],
     "tasks": [
         cmd("PING"), cmd("INFO server"), cmd("DBSIZE"), cmd(f"ZRANGEBYSCORE {TASKS} -inf 9 LIMIT 0 9"),
@@ -235,6 +242,7 @@ ALLOWED: dict[str, list[Command]] = {
         cmd(f"DEL {DLQ}"), cmd(f"MGET {RESULT}"), cmd(f"SET {RESULT} x KEEPTTL"), cmd("MULTI"),
         cmd(f"XADD {WORK} * m x"), cmd(f"XADD {BULK} * m x"), cmd("EXEC"), cmd("ACL LOAD"), cmd("ACL LOG"),
         cmd("ACL DRYRUN api PING"), cmd("ACL LIST"), cmd("ACL WHOAMI"),
+        cmd(f"INCR {REVISION}"), cmd(f"PUBLISH {CHANGES} m"),  # `inferq models import` announces the new version
     ],
     "scaler": [
         cmd("PING"), cmd(f"XINFO GROUPS {WORK}"), cmd(f"XINFO GROUPS {BULK}"), cmd(f"XPENDING {BULK} workers"),
@@ -254,6 +262,7 @@ REFUSED_TO: dict[str, list[Command]] = {
         cmd(f"ZRANGEBYSCORE {TASKS} -inf +inf"), cmd("GET arq:in-progress:x"), cmd(f"GET {PREFIX}:reconciler:requeue"),
         cmd(f"HSET {RATE}:workers c 1"), cmd(f"XINFO STREAM {WORK}"),
         cmd(f"ZREM {IN_FLIGHT} r1"), cmd(f"DEL {QUOTA}"),  # only a worker frees a slot; nobody resets a quota
+        cmd(f"SET {REVISION} 1"), cmd(f"DEL {REVISION}"),  # the revision only ever moves forward
     ],
     "worker": [
         cmd(f"SUBSCRIBE {API_CHANNEL}"), cmd(f"XRANGE {DLQ} - +"), cmd(f"XREADGROUP GROUP me c STREAMS {REPLIES} >"),
@@ -262,6 +271,8 @@ REFUSED_TO: dict[str, list[Command]] = {
         # the in-flight set is write-only to it (ZREM; NOTE: %W lets its other write commands in too, DEL, ZADD…);
         # the rate state is not its at all
         cmd(f"ZCARD {IN_FLIGHT}"), cmd(f"ZRANGE {IN_FLIGHT} 0 -1"), cmd(f"GET {QUOTA}"), cmd(f"SET {QUOTA} 1"),
+        cmd(f"GET {CACHE}"),  # the cache is write-only to it
+        cmd(f"INCR {REVISION}"), cmd(f"PUBLISH {CHANGES} m"), cmd(f"SET {REVISION} 1"),  # it only watches changes
     ],
     "tasks": [
         cmd(f"XADD {WORK} * m x"), cmd(f"XREADGROUP GROUP workers c STREAMS {BULK} >"), cmd(f"GET {RESULT}"),
@@ -276,6 +287,7 @@ REFUSED_TO: dict[str, list[Command]] = {
         cmd(f"GET {JOB}"), cmd(f"ZADD {TASKS} 1 x"), cmd("ACL DELUSER api"), cmd("CONFIG REWRITE"),
         cmd(f"XADD {DLQ} * m x"), cmd(f"SET {WORK} x"),
         cmd(f"EVAL x 1 {DLQ}"), cmd(f"DEL {QUOTA}"), cmd(f"SET {QUOTA} 0"), cmd(f"DEL {IN_FLIGHT}"),
+        cmd(f"SUBSCRIBE {CHANGES}"), cmd(f"SET {REVISION} 1"),
     ],
     "scaler": [
         cmd(f"XRANGE {WORK} - + COUNT 1"), cmd(f"XINFO STREAM {WORK}"),
@@ -292,7 +304,7 @@ REFUSED_TO: dict[str, list[Command]] = {
         cmd(f"XADD {INGRESS}:dlq * m x"), cmd(f"XADD {REPLIES} * m x"), cmd(f"XGROUP DESTROY {REPLIES} me"),
         cmd(f"DEL {INGRESS}"), cmd(f"GET {RESULT}"), cmd(f"XLEN {WORK}"), cmd(f"SUBSCRIBE {API_CHANNEL}"),
         cmd(f"PUBLISH {API_CHANNEL} x"), cmd(f"EVAL x 1 {INGRESS}"), cmd("INFO"), cmd(f"XINFO STREAM {INGRESS}"),
-        cmd(f"EVAL x 1 {QUOTA}"), cmd(f"ZREM {IN_FLIGHT} r1"),
+        cmd(f"EVAL x 1 {QUOTA}"), cmd(f"ZREM {IN_FLIGHT} r1"), cmd(f"SET {CACHE} x"), cmd(f"GET {CACHE}"),
     ],
 }  # fmt: skip
 

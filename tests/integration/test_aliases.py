@@ -60,7 +60,7 @@ async def test_set_alias_creates_then_replaces(registry: Registry, two_versions:
     created = await registry.set_alias(two_versions, "canary", weights={1: 95, 2: 5})
     assert created == Alias(model=two_versions, name="canary", weights={1: 95, 2: 5}, fallback=False)
     replaced = await registry.set_alias(two_versions, "canary", weights={2: 100}, fallback=True)
-    assert replaced == Alias(model=two_versions, name="canary", weights={2: 100}, fallback=True)
+    assert replaced == Alias(model=two_versions, name="canary", weights={2: 100}, fallback=True, previous={1: 95, 2: 5})
     aliases = {a.name: a for a in (await registry.get_model(two_versions)).aliases}
     assert aliases["canary"] == replaced
     assert aliases["default"].weights == {1: 100}

@@ -123,6 +123,7 @@ async def test_archived_versions_are_left_out_and_concurrent_callers_share_one_r
     settings: Settings, registry: Registry, model_name: str
 ) -> None:
     await register_model(registry, model_name)
+    await registry.set_alias(model_name, "default", weights={2: 100})  # an alias's version cannot be archived
     await registry.set_status(model_name, 1, "archived")
     async with running(tuned(settings)) as api:
         await asyncio.sleep(0.6)  # the catalog sees the status

@@ -75,6 +75,7 @@ async def test_versions_and_aliases_registered_after_start_are_found_without_res
         by_alias = await api.client.post(
             f"/v1/models/{model_name}@canary/predict", json={"inputs": [[1, 2, 3, 4]]}, headers={"Prefer": "wait=0"}
         )
+        await registry.set_alias(model_name, "canary", weights={2: 100})  # an alias's version cannot be archived
         await registry.set_status(model_name, 3, "archived")
         await api.app.state.services.catalog.refresh()
         archived = await api.client.post(f"/v1/models/{model_name}@3/predict", json={"inputs": [[1, 2, 3, 4]]})

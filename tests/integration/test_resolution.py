@@ -7,12 +7,16 @@ import secrets
 from collections import Counter
 
 import pytest
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from inferq.contracts.models import ModelRef, ModelSignature
-from inferq.errors import AliasNotFound, ModelNotFound, VersionNotFound
+from inferq.errors import AliasNotFound, Conflict, ModelNotFound, VersionNotFound
 from inferq.store.registry import Registry
+from inferq.store.tables import ModelRow, VersionRow
 
 pytestmark = pytest.mark.integration
+Sessions = async_sessionmaker[AsyncSession]
 
 
 @pytest.fixture
@@ -55,11 +59,21 @@ async def test_weighted_alias_splits_traffic_deterministically(registry: Registr
     assert pinned == {3: 50}
 
 
+async def _archive_behind_aliases(sessionmaker: Sessions, name: str, version: int) -> None:
+    """Archive a version aliases still route to, as a registry could before archiving them was refused."""
+    model_id = select(ModelRow.id).where(ModelRow.name == name).scalar_subquery()
+    async with sessionmaker.begin() as session:
+        stmt = update(VersionRow).where(VersionRow.model_id == model_id, VersionRow.version == version)
+        await session.execute(stmt.values(status="archived"))
+
+
 async def test_archived_versions_are_skipped_by_aliases_and_refused_by_number(
-    registry: Registry, three_versions: str
+    registry: Registry, three_versions: str, sessionmaker: Sessions
 ) -> None:
     await registry.set_alias(three_versions, "canary", weights={1: 50, 3: 50})
-    await registry.set_status(three_versions, 3, "archived")
+    with pytest.raises(Conflict, match="aliases still send it traffic: canary"):
+        await registry.set_status(three_versions, 3, "archived")
+    await _archive_behind_aliases(sessionmaker, three_versions, 3)  # left by an older registry: still skipped
     rng = random.Random(7)
     counts = Counter([await _resolve(registry, f"{three_versions}@canary", rng=rng) for _ in range(200)])
     assert counts == {1: 200}
@@ -68,8 +82,10 @@ async def test_archived_versions_are_skipped_by_aliases_and_refused_by_number(
     assert (await registry.get_version(three_versions, 3)).status == "archived"
 
 
-async def test_alias_with_only_archived_versions_does_not_resolve(registry: Registry, three_versions: str) -> None:
-    await registry.set_status(three_versions, 2, "archived")
+async def test_alias_with_only_archived_versions_does_not_resolve(
+    registry: Registry, three_versions: str, sessionmaker: Sessions
+) -> None:
+    await _archive_behind_aliases(sessionmaker, three_versions, 2)
     with pytest.raises(VersionNotFound, match=r"alias 'prod' .* points only at archived versions \(2\)"):
         await registry.resolve(ModelRef.parse(f"{three_versions}@prod"))
 

@@ -172,8 +172,12 @@ async def test_all_serves_versions_registered_later_and_drains_archived_ones(
         results = await wait_results(redis_client, settings, [request.id])
         assert results[request.id].status == "succeeded"
 
+        newer = await register(registry, affine_model(), name=version.model)
+        await wait_for(lambda: _serves(pool, newer.key), what="discovery of the second version")
+        await registry.set_alias(version.model, "default", weights={newer.version: 100})  # then 1 may be archived
         await registry.set_status(version.model, version.version, "archived")
         await wait_for(lambda: _serves(pool, version.key, expected=False), what="the archived version to drain")
+        assert newer.key in pool.partitions  # the other one is still served
 
 
 async def test_dlq_list_inspect_replay_purge(

@@ -511,6 +511,9 @@ def exposed_metrics() -> dict[str, frozenset[str]]:
     metrics.count_prediction(model="iris", version=1, outcome="succeeded")
     metrics.observe_prediction(model="iris", version=1, seconds=0.002)
     metrics.held.inc()
+    metrics.count_shadow(model="iris", version=2, outcome="sent")
+    metrics.count_cache(model="iris", version=1, hit=True)
+    metrics.count_fallback(model="iris", from_version=2, to_version=1, reason="not_ready")
     lane = LaneBacklog(lane="interactive", backlog=2, pending=1, oldest_age_s=0.5)
     part = PartitionBacklog(
         partition="iris@1", backlog=2, pending=1, consumers=0, oldest_age_s=0.5, dead_letters=0, lanes=(lane,)

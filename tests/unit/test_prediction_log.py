@@ -82,7 +82,7 @@ def test_a_sampled_out_result_is_never_buffered() -> None:
 def test_a_one_row_classifier_result_keeps_its_class() -> None:
     record = record_of(result(labels=(2,)), rows=1, at=5.0)
     assert record == LogRecord(at=5.0, tenant="acme", model="m", version=1, status="succeeded", queue_ms=1.5,
-                               inference_ms=0.25, rows=1, predicted="virginica")  # fmt: skip
+                               inference_ms=0.25, rows=1, predicted="virginica", request_id="r")  # fmt: skip
 
 
 def test_a_multi_row_result_keeps_counts_per_class() -> None:

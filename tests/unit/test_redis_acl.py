@@ -114,23 +114,33 @@ def test_the_names_the_code_uses_fall_under_their_roles_patterns() -> None:
     rate, alive, result, queue = NAMES.rate(PART), NAMES.alive(PART), NAMES.result("x"), queue_name(PREFIX)
     job, arq_result = job_key_prefix + delivery_job("d1", 1), result_key_prefix + delivery_job("d1", 1)
     ingress, replies = NAMES.ingress_stream("billing"), NAMES.producer_replies("billing")
+    cache = NAMES.result_cache(PART, "default", "ab" * 32)
     expected = {
         "api": {work: "RW", bulk: "RW", dlq: "R", rate: "RW", f"{rate}:workers": "R", alive: "R", result: "RW",
-                queue: "W", job: "RW", arq_result: "R", ingress: "", replies: "", f"{PREFIX}:reconciler:requeue": ""},
+                queue: "W", job: "RW", arq_result: "R", ingress: "", replies: "", f"{PREFIX}:reconciler:requeue": "",
+                cache: "RW"},
         "worker": {work: "RW", bulk: "RW", dlq: "W", rate: "RW", f"{rate}:workers": "RW", alive: "RW",
                    f"{PREFIX}:{{{PART}}}:fwd:billing:1-1": "RW", result: "RW", ingress: "RW", f"{ingress}:dlq": "RW",
-                   replies: "W", queue: "W", job: "RW", arq_result: "R", in_progress_key_prefix + "x": ""},
+                   replies: "W", queue: "W", job: "RW", arq_result: "R", in_progress_key_prefix + "x": "", cache: "W"},
         "tasks": {queue: "RW", f"{queue}:health-check": "RW", job: "RW", in_progress_key_prefix + "x": "RW",
                   retry_key_prefix + "x": "RW", arq_result: "RW", abort_jobs_ss: "W",
-                  f"{PREFIX}:reconciler:requeue": "RW", bulk: "RW", work: "", dlq: "", result: "", ingress: ""},
+                  f"{PREFIX}:reconciler:requeue": "RW", bulk: "RW", work: "", dlq: "", result: "", ingress: "",
+                  cache: ""},
         "admin": {dlq: "RW", result: "RW", work: "W", bulk: "W", rate: "", ingress: "", queue: "", job: ""},
-        "scaler": {work: "R", bulk: "R", dlq: "", rate: "", f"{rate}:workers": "", result: "", ingress: "", job: ""},
+        "scaler": {work: "R", bulk: "R", dlq: "", rate: "", f"{rate}:workers": "", result: "", ingress: "", job: "",
+                   cache: ""},
     }  # fmt: skip
     found = rendered()
     assert {user: {k: access(found[user], k) for k in keys} for user, keys in expected.items()} == expected
     channel = NAMES.reply_channel(ReplyListener.instance_name())  # what an API process subscribes
-    assert patterns(found["api"], "&") == patterns(found["worker"], "&") == [NAMES.reply_channel("api-*")]
-    assert [u for u, rules in found.items() if patterns(rules, "&")] == ["api", "worker"]
+    replies, changes = NAMES.reply_channel("api-*"), NAMES.catalog_channel()  # changes: in a selector of its own
+    assert patterns(found["api"], "&") == patterns(found["worker"], "&") == [replies, changes]
+    assert {u: patterns(rules, "&") for u, rules in found.items() if patterns(rules, "&")} == {
+        "api": [replies, changes], "worker": [replies, changes], "admin": [changes]
+    }  # fmt: skip
+    # Registry changes: announced by the API (model routes) and the operator (models import), read by workers.
+    revision = {u: access(rules, NAMES.catalog_revision()) for u, rules in found.items()}
+    assert {u: a for u, a in revision.items() if a} == {"api": "RW", "worker": "R", "admin": "RW"}
     assert fnmatchcase(channel, NAMES.reply_channel("api-*"))
     other = Names("other")  # another deployment on the same Redis: nothing of it
     foreign = [other.work_stream(PART), other.result("x"), other.ingress_stream("billing"), queue_name("other")]

@@ -13,8 +13,9 @@ from litestar.response import Response
 
 from inferq.api.access import correlation_id
 from inferq.api.guards import guard, principal_of
+from inferq.api.routing import Route, route_headers, routing_key
 from inferq.api.service import Answer, PredictCall, PredictionService, Tracked
-from inferq.contracts.http import PredictBody, PredictionResponse, Problem, ResponseTimings
+from inferq.contracts.http import Fallback, PredictBody, PredictionResponse, Problem, ResponseTimings
 from inferq.contracts.messages import InferResult
 from inferq.contracts.models import ModelRef
 from inferq.errors import InvalidInput, ModelNotFound, VersionNotFound
@@ -104,7 +105,7 @@ async def _predict(
     request: Request[Any, Any, Any], service: PredictionService, *, ref: ModelRef, data: PredictBody
 ) -> Response[PredictionResponse]:
     # NOTE: one dependency per handler: Litestar resolves two or more in an anyio task group per request.
-    prefer, cancel_after = read_headers(request.scope["headers"])
+    prefer, cancel_after, key = read_headers(request.scope["headers"])
     hold = service.limits.hold(prefer)
     ttl_ms = service.limits.ttl_ms(cancel_after)
     call = PredictCall(
@@ -114,6 +115,7 @@ async def _predict(
         ttl_ms=ttl_ms,
         correlation_id=correlation_id(request.scope),
         principal=principal_of(request.scope),
+        routing_key=key,
     )
     status, body, headers = answer_response(await service.predict(call), applied=hold.applied)
     return Response(body, status_code=status, headers=headers)
@@ -121,24 +123,37 @@ async def _predict(
 
 def answer_response(answer: Answer, *, applied: str | None) -> tuple[int, PredictionResponse, dict[str, str]]:
     """Status, body and headers for a finished call: 200 with the result, or 202 pointing at it."""
-    headers = {"Preference-Applied": applied} if applied else {}
+    headers = route_headers(answer.route) if answer.route else {"X-Model-Version": str(answer.version)}
+    if applied and not (answer.cached and applied == "respond-async"):  # a cache hit is answered at once
+        headers["Preference-Applied"] = applied
     if answer.result is None:
         headers["Location"] = f"/v1/predictions/{answer.request_id}"
-        body = PredictionResponse(id=answer.request_id, status="queued", model=answer.model, version=answer.version)
+        body = PredictionResponse(
+            id=answer.request_id,
+            status="queued",
+            model=answer.model,
+            version=answer.version,
+            fallback=_fallback(answer.route),
+        )
         return 202, body, headers
+    if answer.cached:
+        headers["X-Cache"] = "hit"
     return 200, _answer_body(answer, answer.result), headers
 
 
-def read_headers(raw: Iterable[tuple[bytes, bytes]]) -> tuple[str | None, str | None]:
-    """``Prefer`` (repeated ones joined) and ``Cancel-After``, read straight from the ASGI headers."""
+def read_headers(raw: Iterable[tuple[bytes, bytes]]) -> tuple[str | None, str | None, str | None]:
+    """``Prefer`` (repeated ones joined), ``Cancel-After`` and ``X-Routing-Key``, straight from the ASGI headers."""
     prefer: list[str] = []
     cancel_after: str | None = None
+    key: str | None = None
     for name, value in raw:
         if name == b"prefer":
             prefer.append(value.decode("latin-1"))
         elif name == b"cancel-after":
             cancel_after = value.decode("latin-1")
-    return (", ".join(prefer) or None), cancel_after
+        elif name == b"x-routing-key":
+            key = value.decode("latin-1")
+    return (", ".join(prefer) or None), cancel_after, routing_key(key)
 
 
 def model_ref(text: str) -> ModelRef:
@@ -156,7 +171,15 @@ def _answer_body(answer: Answer, result: InferResult) -> PredictionResponse:
         version=answer.version,
         predictions=result.predictions,
         timings=_timings(result, total_ms=answer.total_ms),
+        fallback=_fallback(answer.route),
+        cached=answer.cached,
     )
+
+
+def _fallback(route: Route | None) -> Fallback | None:
+    if route is None or route.reason is None:
+        return None
+    return Fallback(from_version=route.fallback_from, reason=route.reason)
 
 
 def _tracked_body(tracked: Tracked) -> PredictionResponse:

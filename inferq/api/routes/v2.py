@@ -14,6 +14,7 @@ from litestar.response import Response
 from inferq.api.access import correlation_id
 from inferq.api.guards import guard, principal_of
 from inferq.api.routes.openapi import PUBLIC
+from inferq.api.routing import routing_key
 from inferq.api.v2 import errors
 from inferq.api.v2.framing import HEADER_LENGTH
 from inferq.api.v2.inference import InferCall, Outcome, V2Inference
@@ -157,7 +158,7 @@ async def _infer(
     request: Request[Any, Any, Any], service: V2Inference, *, model: str, version: str | None
 ) -> Response[bytes]:
     ref = model_ref(model, version)
-    header_length, encoding, prefer = _headers(request.scope["headers"])
+    header_length, encoding, prefer, key = _headers(request.scope["headers"])
     call = InferCall(
         ref=ref,
         body=await request.body(),
@@ -166,6 +167,7 @@ async def _infer(
         prefer=prefer,
         correlation_id=correlation_id(request.scope),
         principal=principal_of(request.scope),
+        routing_key=key,
     )
     return _response(await service.infer(call))
 
@@ -183,11 +185,12 @@ def _readiness(readiness: Readiness) -> Response[Readiness]:
     return Response(readiness, status_code=200 if readiness.ready else 400)
 
 
-def _headers(raw: Iterable[tuple[bytes, bytes]]) -> tuple[str | None, str | None, str | None]:
-    """``Inference-Header-Content-Length``, ``Content-Encoding`` and ``Prefer`` (repeated ones joined)."""
+def _headers(raw: Iterable[tuple[bytes, bytes]]) -> tuple[str | None, str | None, str | None, str | None]:
+    """``Inference-Header-Content-Length``, ``Content-Encoding``, ``Prefer`` (joined) and ``X-Routing-Key``."""
     header_length: str | None = None
     encoding: str | None = None
     prefer: list[str] = []
+    key: str | None = None
     for name, value in raw:
         if name == b"inference-header-content-length":
             header_length = value.decode("latin-1")
@@ -195,7 +198,9 @@ def _headers(raw: Iterable[tuple[bytes, bytes]]) -> tuple[str | None, str | None
             encoding = value.decode("latin-1")
         elif name == b"prefer":
             prefer.append(value.decode("latin-1"))
-    return header_length, encoding, ", ".join(prefer) or None
+        elif name == b"x-routing-key":
+            key = value.decode("latin-1")
+    return header_length, encoding, ", ".join(prefer) or None, routing_key(key)
 
 
 V2_ROUTER = Router(

@@ -16,6 +16,7 @@ from typing import Literal
 import numpy as np
 
 from inferq.api.headers import CallLimits, Hold
+from inferq.api.routing import route_headers
 from inferq.api.service import Answer, PredictCall, PredictionService, result_error
 from inferq.api.v2.framing import Framed, frame_response, split_request
 from inferq.api.v2.request import Options, decode_body, read_options, requested_outputs
@@ -39,6 +40,7 @@ class InferCall:
     prefer: str | None = None
     correlation_id: str = ""
     principal: Principal | None = None  # set by the route (its guard authenticated the caller)
+    routing_key: str | None = None  # X-Routing-Key: the same key gets the same version of an alias
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,14 +71,18 @@ class V2Inference:
         body = decode_body(header, framed=binary is not None)
         options = read_options(body.parameters, deadline_max_s=self._limits.deadline_max_s)
         hold = self._limits.hold(call.prefer)
-        version = await self._predictions.resolve(call.ref)
+        route = await self._predictions.route(call.ref, routing_key=call.routing_key)
+        version = route.version
         names, binary_outputs = requested_outputs(body.outputs, version.signature)
         feeds = v2_feeds(body.inputs, binary, version.signature, max_elements=self._max_elements)
         try:
-            answer = await self._predictions.predict(self._call(call, feeds, options, hold, names), version=version)
+            answer = await self._predictions.predict(self._call(call, feeds, options, hold, names), route=route)
         except DeadlineExceeded as exc:
             raise DeadlineExceeded(_EXPIRED, **exc.details) from None
         headers = {"Preference-Applied": hold.applied} if hold.applied else {}
+        if answer.cached:  # the result cache (api/result_cache.py), as on v1: answered at once, even respond-async
+            headers = {"X-Cache": "hit", **({} if hold.applied == "respond-async" else headers)}
+        headers.update(route_headers(answer.route or route))  # X-Model-Version, Deprecation, X-Model-Fallback
         if answer.result is None:
             return self._unanswered(answer, hold, headers)
         framed = frame_response(
