@@ -52,7 +52,7 @@ class ComparisonService:
 def parse_versions(text: str) -> list[int]:
     """``"2,3"`` → ``[2, 3]``: 2 to 8 distinct version numbers, in the order given."""
     parts = [part.strip() for part in text.split(",")]
-    if not all(part.isdecimal() and part.isascii() and int(part) >= 1 for part in parts):
+    if not all(part.isdecimal() and part.isascii() and len(part) <= 9 and int(part) >= 1 for part in parts):
         raise InvalidInput(
             f"invalid versions {text[:100]!r}: version numbers separated by commas, e.g. '2,3'", field="versions"
         )

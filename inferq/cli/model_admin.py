@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from inferq.cli.output import emit, say
-from inferq.errors import InferqError, InvalidInput, MalformedRequest
+from inferq.errors import Conflict, InferqError, InvalidInput, MalformedRequest
 from inferq.settings import Settings
 
 if TYPE_CHECKING:
@@ -97,7 +97,12 @@ async def upload(api: AdminClient, args: argparse.Namespace) -> dict[str, Any]:
     else:
         current = await api.get_alias(args.name, args.alias)  # read again: the freshest weights to scale
         body = {"weights": {str(v): w for v, w in share(weights_of(current), new=number, weight=weight).items()}}
-    alias = await api.put_alias(args.name, args.alias, body)
+    try:
+        alias = await api.put_alias(args.name, args.alias, body)
+    except InferqError as exc:  # the version is registered: a script must still learn its number
+        exc.details.setdefault("version", number)
+        say(f"{args.name}@{number} is registered, but moving {args.alias!r} to it was refused")
+        raise
     say(f"{args.name}@{args.alias} → {json.dumps(alias.get('weights'))}")
     return {**version, "alias": alias}
 
@@ -107,7 +112,7 @@ async def rollback(api: AdminClient, *, name: str, alias: str) -> dict[str, Any]
     current = await api.get_alias(name, alias)
     previous = current.get("previous")
     if not previous:
-        raise InferqError(f"alias {alias!r} of model {name!r} has no previous weights to roll back to")
+        raise Conflict(f"alias {alias!r} of model {name!r} has no previous weights to roll back to", alias=alias)
     restored: dict[str, Any] = await api.put_alias(name, alias, {"weights": previous})
     say(f"{name}@{alias}: {json.dumps(current.get('weights'))} → {json.dumps(restored.get('weights'))}")
     return restored
@@ -122,9 +127,9 @@ def share(others: Mapping[int, int], *, new: int, weight: int) -> dict[int, int]
     if not current:
         raise InvalidInput(f"the alias routes no traffic yet: give the new version --weight {TOTAL}", field="weight")
     rest, total = TOTAL - weight, sum(current.values())
-    exact = {v: rest * w / total for v, w in current.items()}
-    scaled = {v: int(x) for v, x in exact.items()}
-    by_remainder = sorted(current, key=lambda v: (exact[v] - scaled[v], v), reverse=True)
+    exact = {v: divmod(rest * w, total) for v, w in current.items()}  # integers: remainders compare exactly
+    scaled = {v: quotient for v, (quotient, _) in exact.items()}
+    by_remainder = sorted(current, key=lambda v: (exact[v][1], v), reverse=True)
     for v in by_remainder[: rest - sum(scaled.values())]:
         scaled[v] += 1
     return {**{v: w for v, w in sorted(scaled.items()) if w > 0}, new: weight}

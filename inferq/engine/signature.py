@@ -142,6 +142,8 @@ def _spec(value: onnx.ValueInfoProto, *, role: str) -> TensorSpec:
             raise InvalidModel(f"input {value.name!r} has no declared shape")
         return TensorSpec(name=value.name, dtype=dtype, shape=(None,))  # unknown rank: batch-first
     shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim)
+    if any(d is not None and d < 0 for d in shape):  # protobuf allows it; numpy and ONNX Runtime do not
+        raise InvalidModel(f"{role} {value.name!r} has a negative dimension (shape {list(shape)})")
     return TensorSpec(name=value.name, dtype=dtype, shape=shape)
 
 

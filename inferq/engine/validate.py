@@ -19,6 +19,7 @@ import hashlib
 import json
 import resource
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -123,6 +124,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         limit = f" of {args.max_memory_bytes:,} bytes" if args.max_memory_bytes else ""
         message = f"validating the model needs more memory than the validator's limit{limit}"
         verdict = ValidationVerdict(ok=False, error=Refusal(code=InvalidModel.code, message=message))
+    except Exception as exc:  # numpy, onnx or ORT choking on this model's contents: the file is the problem
+        traceback.print_exc()  # on stderr, which the API logs; the caller gets the first line
+        message = f"the model could not be validated: {first_line(exc)}"
+        verdict = ValidationVerdict(ok=False, error=Refusal(code=InvalidModel.code, message=message))
     sys.stdout.buffer.write(msgspec.json.encode(verdict) + b"\n")
     sys.stdout.flush()
     return 0 if verdict.ok else REJECTED
@@ -131,8 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m inferq.engine.validate", description=__doc__)
     parser.add_argument("file", type=Path, help="the ONNX model to check")
-    parser.add_argument("--feature-names", help="JSON list of strings: one name per input column")
-    parser.add_argument("--class-names", help="JSON list of strings: one name per class, in class order")
+    parser.add_argument("--feature-names", help="JSON list of strings, or @FILE: one name per input column")
+    parser.add_argument("--class-names", help="JSON list of strings, or @FILE: one name per class, in class order")
     parser.add_argument("--out", type=Path, help="where the model with the names written in goes")
     parser.add_argument("--max-memory-bytes", type=int, default=0, help="RLIMIT_AS for this process (0: none)")
     parser.add_argument("--max-cpu-s", type=int, default=0, help="RLIMIT_CPU for this process (0: none)")
@@ -140,7 +145,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _limit(*, memory_bytes: int, cpu_s: int) -> None:
-    """Cap this process: address space (allocations past it fail) and CPU time (SIGXCPU, then SIGKILL)."""
+    """Cap this process: address space (allocations past it fail) and CPU time (SIGXCPU, then SIGKILL);
+    no core file (SIGXCPU and a crash would otherwise dump one, as large as the address space)."""
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     if memory_bytes > 0:
         resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
     if cpu_s > 0:
@@ -149,10 +156,11 @@ def _limit(*, memory_bytes: int, cpu_s: int) -> None:
 
 
 def _names(raw: str | None, what: str) -> list[str] | None:
+    """A JSON list of strings, given inline or as ``@FILE`` (long lists would overflow one argv string)."""
     if raw is None:
         return None
     try:
-        names = json.loads(raw)
+        names = json.loads(Path(raw[1:]).read_text(encoding="utf-8") if raw.startswith("@") else raw)
     except ValueError:
         names = None
     if not isinstance(names, list) or not all(isinstance(name, str) for name in names):

@@ -58,6 +58,21 @@ def signature_to_json(signature: ModelSignature) -> dict[str, Any]:
     return cast(dict[str, Any], msgspec.to_builtins(signature))
 
 
+# Every serving override there is, with its range: the workers' (``workers/config.py``), the API's admission
+# limit and the result cache's TTL (0 = off; at most 30 days). Bounded so a value can never overflow a Redis
+# argument or a stream read's COUNT.
+_INT32 = 2**31 - 1
+OVERRIDE_RANGES: dict[str, tuple[float, float]] = {
+    "max_batch": (1, 100_000),
+    "max_batch_delay_ms": (0, 60_000),
+    "reclaim_min_idle_ms": (100, 86_400_000),
+    "max_deliveries": (1, 1_000),
+    "intra_op_threads": (1, 1_024),
+    "admission_limit": (0, _INT32),  # 0: the partition refuses every request (503)
+    RESULT_CACHE_TTL_S: (0, 30 * 86_400),
+}
+
+
 def check_overrides(
     overrides: Mapping[str, int | float] | None, *, signature: ModelSignature | None = None
 ) -> Overrides:
@@ -71,6 +86,17 @@ def check_overrides(
         number_ok = isinstance(value, int | float) and not isinstance(value, bool)
         if not isinstance(key, str) or not key or not number_ok or not math.isfinite(value):
             raise InvalidInput(f"invalid serving override {key!r}: {value!r} (a finite number)", field="overrides")
+        bounds = OVERRIDE_RANGES.get(key)
+        if bounds is None:  # a typo (``max_btach``) would otherwise be stored and silently do nothing
+            known = ", ".join(sorted(OVERRIDE_RANGES))
+            raise InvalidInput(f"unknown serving override {key!r}; known: {known}", field="overrides", override=key)
+        low, high = bounds
+        if not low <= value <= high:
+            raise InvalidInput(
+                f"serving override {key!r} must be between {int(low)} and {int(high)}, got {value!r}",
+                field="overrides",
+                override=key,
+            )
         clean[key] = value
     if signature is not None:
         check_result_cache(clean, signature)

@@ -98,6 +98,10 @@ class WorkerPool:
         served = self._served.get(key)
         return served.task if served is not None else None
 
+    def serving(self, key: str) -> ModelVersion:
+        """The version (overrides included) partition ``key`` is served with now (diagnostics and tests)."""
+        return self._served[key].version
+
     def stop(self) -> None:
         """Ask the pool to drain and return from ``run`` (safe to call from a signal handler)."""
         self._stop.set()
@@ -123,6 +127,7 @@ class WorkerPool:
                     next_sync = time.monotonic() + CLOCK_SYNC_S
                     await self._sync_clock()
         finally:
+            self._stop.set()  # the watcher ends on it: a cancel alone can be swallowed (redis-py, Python 3.11)
             watch.cancel()
             for served in self._served.values():
                 served.stop.set()
@@ -166,6 +171,10 @@ class WorkerPool:
             elif key not in wanted and not served.consumer.draining:
                 log.info("partition.draining", partition=key)
                 served.consumer.draining = True
+            elif key in wanted and wanted[key].overrides != served.version.overrides and not served.stop.is_set():
+                # PATCHed overrides (max_batch, …): stop after the batch in hand, then serve again with them.
+                log.info("partition.reconfiguring", partition=key, overrides=wanted[key].overrides)
+                served.stop.set()
         for key, version in wanted.items():
             if key not in self._served:
                 self._served[key] = self._start(version, ledger)
@@ -195,9 +204,10 @@ class WorkerPool:
         return _Served(version=version, consumer=consumer, stop=stop, task=task)
 
     def _drained(self, key: str, task: asyncio.Task[None]) -> None:
-        """A draining partition finished: drop it now, and look again (its version may be wanted back)."""
+        """A draining (or reconfigured) partition finished: drop it now, and look again (it may be wanted back)."""
         served = self._served.get(key)
-        if served is None or served.task is not task or not served.consumer.draining or self._stop.is_set():
+        ended = served is not None and (served.consumer.draining or served.stop.is_set())
+        if served is None or served.task is not task or not ended or self._stop.is_set():
             return
         if task.cancelled() or task.exception() is not None:
             return  # crashed: the next discovery logs it and serves it again if still wanted

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import redis.asyncio as aioredis
 from apikit import Api, running, tuned
+from onnx import helper
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from unit import upload_models as models
@@ -180,6 +181,12 @@ REFUSED = [
     ("bad overrides", models.unnamed_classifier, {"overrides": {"max_batch": "x"}}, 400, "malformed_request",
      r"^form field 'overrides'"),
     ("no file part", lambda: None, {"description": "x"}, 400, "malformed_request", r"no file part"),
+    ("negative dimension", lambda: models.build([helper.make_node("Identity", ["x"], ["y"])], x=(None, -5),
+     y=(None, -5), check=False), {}, 422, "invalid_model", r"negative dimension|not a valid ONNX model"),
+    ("unknown override", models.identity, {"overrides": {"max_btach": 8}}, 422, "invalid_input",
+     r"^unknown serving override 'max_btach'; known: "),
+    ("override out of range", models.identity, {"overrides": {"result_cache_ttl_s": 1e20}}, 422, "invalid_input",
+     r"^serving override 'result_cache_ttl_s' must be between 0 and 2592000"),
 ]  # fmt: skip
 
 
@@ -200,6 +207,17 @@ async def test_bad_uploads_are_problems_and_register_nothing(
     assert re.search(message, response.json()["detail"]), response.json()["detail"]
     assert await registered(registry, name) == []
     assert (await api.client.get(f"/v1/models/{name}")).status_code == 404
+
+
+async def test_feature_names_too_long_for_a_command_line_still_reach_the_validator(
+    api: Api, name: str, registry: Registry
+) -> None:
+    """One argv string is capped at 128 KiB: names go to the child in a file, so long ones are no 500."""
+    long_name = "\U0001f600" * 16_000  # 64 KB of UTF-8 in the form, 192 KB as ASCII-escaped JSON
+    names = json.dumps([long_name], ensure_ascii=False)
+    response = await api.client.post(f"/v1/models/{name}/versions", **form(models.identity(), feature_names=names))
+    assert response.status_code == 201, response.text
+    assert (await registry.get_version(name, 1)).signature.feature_names == (long_name,)
 
 
 async def test_a_bad_upload_leaves_an_existing_model_as_it_was(

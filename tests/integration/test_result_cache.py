@@ -261,7 +261,7 @@ async def test_a_model_with_random_operators_cannot_enable_the_cache(
         await registry.get_model(name)
     served = await registry.register(name=name, model=onnx, signature=signature)  # without the cache: fine
     assert served.signature.nondeterministic_ops == (op,)
-    with pytest.raises(InvalidInput, match="0 \\(off\\) or a positive"):
+    with pytest.raises(InvalidInput, match="must be between 0 and 2592000, got -1"):
         await registry.register(name=name, model=onnx, signature=signature, overrides={"result_cache_ttl_s": -1})
 
 
@@ -282,7 +282,7 @@ async def test_over_http_the_cache_is_set_at_upload_or_by_patch_and_refused_for_
         patched = await api.client.patch(f"/v1/models/{noisy}/versions/1", json={"overrides": CACHED})
         cached = await upload(api, name, build_demo("iris", 1).onnx, CACHED)
         uncached = await upload(api, name, build_demo("iris", 1).onnx)
-        enabled = await api.client.patch(f"/v1/models/{name}/versions/2", json={"overrides": {"ttl": 1} | CACHED})
+        enabled = await api.client.patch(f"/v1/models/{name}/versions/2", json={"overrides": {"max_batch": 4} | CACHED})
         versions = [await registry.get_version(name, v) for v in (1, 2)]
 
         async def catalog_sees_the_patch() -> bool:
@@ -301,7 +301,7 @@ async def test_over_http_the_cache_is_set_at_upload_or_by_patch_and_refused_for_
     assert "RandomUniformLike" in patched.json()["detail"]
     assert (cached.status_code, uncached.status_code, enabled.status_code) == (201, 201, 200)
     assert cached.json()["overrides"] == CACHED
-    assert enabled.json()["overrides"] == {"ttl": 1, "result_cache_ttl_s": 60}  # an unknown key is no problem
+    assert enabled.json()["overrides"] == {"max_batch": 4, "result_cache_ttl_s": 60}  # replaced whole
     assert [r.headers.get("X-Cache") for r in answers] == [None, "hit", None, "hit"]
 
 

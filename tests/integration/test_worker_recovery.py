@@ -180,6 +180,31 @@ async def test_all_serves_versions_registered_later_and_drains_archived_ones(
         assert newer.key in pool.partitions  # the other one is still served
 
 
+async def test_patched_overrides_restart_the_partition_with_them(
+    settings: Settings, registry: Registry, sessionmaker: Sessions, redis_client: aioredis.Redis
+) -> None:
+    everything = Selection.parse(all_models=True, models=None)
+    async with running_pool(worker_settings(settings), sessionmaker, everything) as pool:
+        version = await register(registry, affine_model())
+        await wait_for(lambda: _serves(pool, version.key), what="discovery of the new version")
+        first = pool.running(version.key)
+        await registry.update_version(version.model, version.version, overrides={"max_batch": 3})
+
+        async def reconfigured() -> bool:
+            task = pool.running(version.key)
+            return task is not None and task is not first and pool.serving(version.key).overrides == {"max_batch": 3}
+
+        await wait_for(reconfigured, what="the partition to restart with the new overrides")
+        request = make_request(version, ONE)
+        await enqueue(redis_client, partition(settings, version), [request])
+        results = await wait_results(redis_client, settings, [request.id])
+    assert first is not None
+    assert first.done()
+    assert not first.cancelled()
+    assert first.exception() is None  # stopped cleanly, not crashed
+    assert results[request.id].status == "succeeded"
+
+
 async def test_dlq_list_inspect_replay_purge(
     settings: Settings, registry: Registry, sessionmaker: Sessions, redis_client: aioredis.Redis,
     capsys: pytest.CaptureFixture[str],

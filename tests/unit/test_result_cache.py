@@ -77,8 +77,24 @@ def test_a_nondeterministic_signature_refuses_the_cache_naming_its_operators() -
         "result_cache_ttl_s": 0, "max_batch": 8,
     }  # fmt: skip
     assert check_overrides({"result_cache_ttl_s": 30}, signature=SIGNATURE) == {"result_cache_ttl_s": 30}
-    with pytest.raises(InvalidInput, match="positive number of seconds"):
+    with pytest.raises(InvalidInput, match="must be between 0 and 2592000, got -5"):
         check_overrides({"result_cache_ttl_s": -5}, signature=SIGNATURE)
+
+
+def test_every_override_is_known_and_bounded() -> None:
+    """Every override a worker or the API reads has a range; nothing else may be stored."""
+    from inferq.store.records import OVERRIDE_RANGES
+    from inferq.workers.config import ENGINE_OVERRIDES, QUEUE_OVERRIDES
+
+    assert QUEUE_OVERRIDES | ENGINE_OVERRIDES | {"admission_limit", "result_cache_ttl_s"} == set(OVERRIDE_RANGES)
+    with pytest.raises(InvalidInput, match="unknown serving override 'max_btach'"):
+        check_overrides({"max_btach": 8})
+    with pytest.raises(InvalidInput, match="'max_batch' must be between 1 and 100000, got 1e\\+300"):
+        check_overrides({"max_batch": 1e300})
+    assert check_overrides({"max_batch": 100_000, "max_batch_delay_ms": 0}) == {
+        "max_batch": 100_000,
+        "max_batch_delay_ms": 0,
+    }
 
 
 @pytest.mark.parametrize(

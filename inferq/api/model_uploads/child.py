@@ -80,12 +80,14 @@ async def run_validator(
     out: Path | None = None,
 ) -> Accepted:
     """The child's verdict on ``model`` when it accepts it; else the error the table above names."""
-    argv = [sys.executable, "-m", "inferq.engine.validate", str(model),
+    # NOTE: -P: the upload's directory (the child's cwd) never goes on sys.path.
+    argv = [sys.executable, "-P", "-m", "inferq.engine.validate", str(model),
             "--max-memory-bytes", str(limits.memory_bytes), "--max-cpu-s", str(limits.cpu_s)]  # fmt: skip
-    if feature_names is not None:
-        argv += ["--feature-names", json.dumps(list(feature_names))]
-    if class_names is not None:
-        argv += ["--class-names", json.dumps(list(class_names))]
+    for option, names in (("feature", feature_names), ("class", class_names)):
+        if names is not None:  # NOTE: in a file: one argv string is capped at 128 KiB, escaped names grow 2-6x
+            listed = model.parent / f"{option}_names.json"
+            listed.write_text(json.dumps(list(names)), encoding="utf-8")
+            argv += [f"--{option}-names", f"@{listed}"]
     if out is not None:
         argv += ["--out", str(out)]
     started = time.monotonic()
