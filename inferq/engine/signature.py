@@ -38,14 +38,19 @@ def read_signature(model: bytes) -> ModelSignature:
     return describe_model(parse_model(model))
 
 
-def parse_model(model: bytes) -> onnx.ModelProto:
-    """The checked ``ModelProto`` of ``model``, or ``InvalidModel("not a valid ONNX model: …")``."""
+def load_proto(model: bytes) -> onnx.ModelProto:
+    """The ``ModelProto`` of ``model``, unchecked, or ``InvalidModel("not a valid ONNX model: …")``."""
     if not model:
         raise InvalidModel("not a valid ONNX model: the file is empty")
     try:
-        proto = onnx.load_model_from_string(model)
+        return onnx.load_model_from_string(model)
     except Exception as exc:  # DecodeError, and whatever else protobuf raises on junk
         raise InvalidModel(f"not a valid ONNX model: {first_line(exc)}") from None
+
+
+def parse_model(model: bytes) -> onnx.ModelProto:
+    """The checked ``ModelProto`` of ``model``, or ``InvalidModel("not a valid ONNX model: …")``."""
+    proto = load_proto(model)
     check_external_data(proto)
     check_domains(proto)
     try:

@@ -30,7 +30,7 @@ from inferq.contracts.models import ModelSignature
 from inferq.contracts.uploads import Refusal, ValidationVerdict
 from inferq.engine import metadata
 from inferq.engine.runner import Runner
-from inferq.engine.signature import first_line
+from inferq.engine.signature import first_line, load_proto
 from inferq.errors import InferqError, InvalidModel
 from inferq.settings import EngineSettings, Settings
 
@@ -57,12 +57,7 @@ def with_names(
 
     Only the metadata props change; whether the names fit the model is checked when it is validated.
     """
-    if not model:
-        raise InvalidModel("not a valid ONNX model: the file is empty")
-    try:
-        proto = onnx.load_model_from_string(model)
-    except Exception as exc:  # DecodeError, and whatever else protobuf raises on junk
-        raise InvalidModel(f"not a valid ONNX model: {first_line(exc)}") from None
+    proto = load_proto(model)
     props = {prop.key: prop.value for prop in proto.metadata_props}
     for key, names in ((metadata.FEATURE_NAMES, feature_names), (metadata.CLASS_NAMES, class_names)):
         if names is not None:

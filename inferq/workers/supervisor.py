@@ -71,7 +71,9 @@ class Supervisor:
             code = await child.wait()
             if self._stopping.is_set():
                 log.info("worker.stopped", slot=slot, pid=child.pid, exit_code=code)
-                return code
+                # NOTE: killed by the SIGTERM we sent: it came before the child's handler existed, i.e. before
+                # its pool ran (the handler is installed first), so it had read nothing: a clean stop too.
+                return 0 if code == -signal.SIGTERM else code
             if time.monotonic() - started >= STABLE_S:
                 backoff.reset()
             delay = backoff.next()
