@@ -11,7 +11,7 @@ import pytest
 from inferq.settings import Settings
 from inferq.store.migrate import upgrade
 
-from .harness import Stack
+from .harness import OwnPostgres, Stack
 
 
 @pytest.fixture(scope="session")
@@ -30,6 +30,28 @@ def pepper(settings: Settings) -> str:
 @pytest.fixture
 async def stack(migrated_database: str, pepper: str, tmp_path: Path) -> AsyncIterator[Stack]:
     opened = await Stack.open(tmp_path, migrated_database, pepper=pepper)
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+@pytest.fixture
+async def own_postgres(tmp_path: Path) -> AsyncIterator[OwnPostgres]:
+    server = OwnPostgres(tmp_path).start()
+    try:
+        await upgrade(server.url)
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def pg_stack(own_postgres: OwnPostgres, pepper: str, tmp_path: Path) -> AsyncIterator[Stack]:
+    """A stack whose database is the test's own Postgres (stopped and started by the test)."""
+    root = tmp_path / "stack"
+    root.mkdir()
+    opened = await Stack.open(root, own_postgres.url, pepper=pepper)
     try:
         yield opened
     finally:

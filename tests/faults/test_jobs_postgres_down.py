@@ -11,15 +11,10 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import asyncpg  # type: ignore[import-untyped]
 import httpx
 import numpy as np
-import pytest
-
-from inferq.store.migrate import upgrade
 
 from .harness import OwnPostgres, Stack, eventually, unique
 from .models import affine_model
@@ -38,28 +33,6 @@ from .test_jobs_kit import (
 CHUNK_ROWS = 200
 ROWS = 600  # three chunks
 API_ENV = {"INFERQ_CHUNK_ROWS": CHUNK_ROWS, "INFERQ_KEY_CACHE_S": 3600}  # a key once looked up outlives the outage
-
-
-@pytest.fixture
-async def own_postgres(tmp_path: Path) -> AsyncIterator[OwnPostgres]:
-    server = OwnPostgres(tmp_path).start()
-    try:
-        await upgrade(server.url)
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-async def pg_stack(own_postgres: OwnPostgres, pepper: str, tmp_path: Path) -> AsyncIterator[Stack]:
-    """A stack whose database is the test's own Postgres (stopped and started by the test)."""
-    root = tmp_path / "stack"
-    root.mkdir()
-    opened = await Stack.open(root, own_postgres.url, pepper=pepper)
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 def unavailable(response: httpx.Response) -> tuple[int, str, int]:

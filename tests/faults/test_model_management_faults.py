@@ -11,16 +11,11 @@ import secrets
 import signal
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import asyncpg  # type: ignore[import-untyped]
 import httpx
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
-
-from inferq.store.migrate import upgrade
 
 from .harness import OwnPostgres, Stack, eventually, unique
 from .model_kit import (
@@ -354,28 +349,6 @@ async def test_an_upload_whose_client_disconnects_is_stopped_and_registers_nothi
     assert good.status_code == 201, good.text
     assert good.json()["version"] == 1  # the abandoned upload took no version number either
     assert any(e.get("event") == "model.upload_abandoned" for e in api.proc.events())
-
-
-@pytest.fixture
-async def own_postgres(tmp_path: Path) -> AsyncIterator[OwnPostgres]:
-    server = OwnPostgres(tmp_path).start()
-    try:
-        await upgrade(server.url)
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-async def pg_stack(own_postgres: OwnPostgres, pepper: str, tmp_path: Path) -> AsyncIterator[Stack]:
-    """A stack on the test's own Postgres (stopped and started by the test)."""
-    root = tmp_path / "stack"
-    root.mkdir()
-    opened = await Stack.open(root, own_postgres.url, pepper=pepper)
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 async def test_postgres_stopped_during_an_upload_is_a_503_registers_nothing_and_a_retry_gets_the_next_number(
