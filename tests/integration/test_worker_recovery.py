@@ -111,7 +111,7 @@ async def test_heartbeats_keep_a_long_run_from_being_reclaimed(
     await enqueue(redis_client, part, [request])
 
     fast = worker_settings(
-        settings, ledger, reclaim_min_idle_ms=250, reclaim_interval_ms=50, heartbeat_ms=heartbeat_ms,
+        settings, ledger, reclaim_min_idle_ms=400, reclaim_interval_ms=50, heartbeat_ms=heartbeat_ms,
         thread_crossover_rows=1,
     )  # fmt: skip
     async with running_pool(fast, sessionmaker, select(version)):
