@@ -155,10 +155,6 @@ class PredictionService:
         for future in list(self._held):
             future.cancel()
 
-    async def resolve(self, ref: ModelRef) -> ModelVersion:
-        """The version a call to ``ref`` would use now (an alias's weighted pick included)."""
-        return await self._catalog.resolve(ref)
-
     async def route(self, ref: ModelRef, *, routing_key: str | None = None) -> Route:
         """The version a call to ``ref`` would use now: weights (sticky with a key), then fallback."""
         return await self._router.route(ref, key=routing_key)

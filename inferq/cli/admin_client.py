@@ -9,7 +9,7 @@ from urllib.parse import quote
 
 import httpx
 
-from inferq.errors import InferqError, ServiceUnavailable, error_class
+from inferq.cli.api_calls import call
 
 # NOTE: an upload's answer comes after the server's validator child (INFERQ_MODEL_VALIDATE_TIMEOUT_S, 120 s).
 TIMEOUT = httpx.Timeout(30.0, read=600.0, write=600.0)
@@ -46,28 +46,8 @@ class AdminClient:
         return await self._call("PATCH", f"{_model(name)}/versions/{version}", json=body)
 
     async def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-        try:
-            response = await self._client.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
-            raise ServiceUnavailable(f"cannot reach the inferq API at {self._client.base_url}: {exc}") from exc
-        if response.status_code >= 400:
-            raise problem(response)
-        body: dict[str, Any] = response.json()
+        body: dict[str, Any] = (await call(self._client, method, path, **kwargs)).json()
         return body
-
-
-def problem(response: httpx.Response) -> InferqError:
-    """The domain error a problem-details response names (its ``code``), with its ``detail`` as the message."""
-    try:
-        body = response.json()
-    except ValueError:
-        body = {}
-    if not isinstance(body, dict):
-        body = {}
-    code = str(body.get("code", "internal_error"))
-    details: dict[str, Any] = body["details"] if isinstance(body.get("details"), dict) else {}
-    message = str(body.get("detail") or response.text[:200] or f"HTTP {response.status_code}")
-    return error_class(code)(message, **{**details, "status": response.status_code})
 
 
 def _model(name: str) -> str:

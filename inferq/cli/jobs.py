@@ -15,8 +15,9 @@ from typing import Any
 
 import httpx
 
+from inferq.cli.api_calls import call, problem
 from inferq.cli.output import emit, say
-from inferq.errors import InferqError, MalformedRequest, ServiceUnavailable, error_class
+from inferq.errors import MalformedRequest
 
 TERMINAL = ("succeeded", "failed", "canceled", "expired")
 
@@ -47,7 +48,7 @@ async def submit(
     auth = {"Authorization": f"Bearer {key}"}
     async with httpx.AsyncClient(base_url=url, headers=auth, timeout=httpx.Timeout(30.0, read=600.0)) as client:
         with file.open("rb") as handle:
-            response = await _call(
+            response = await call(
                 client, "POST", "/v1/jobs", data=fields, files={"file": (file.name, handle, content_type)},
                 headers=headers,
             )  # fmt: skip
@@ -69,7 +70,7 @@ async def _follow(client: httpx.AsyncClient, job: dict[str, Any]) -> dict[str, A
             async with client.stream("GET", f"/v1/jobs/{job['id']}/events") as events:
                 if events.status_code >= 400:  # refused (401, 403, 404) or throttled (429): never a tight loop
                     await events.aread()
-                    error = _problem(events)
+                    error = problem(events)
                     if not error.retryable:
                         raise error
                     await asyncio.sleep(_retry_after(events))
@@ -81,7 +82,7 @@ async def _follow(client: httpx.AsyncClient, job: dict[str, Any]) -> dict[str, A
         except httpx.TransportError as exc:
             say(f"\nevents interrupted ({exc}); reconnecting")
             await asyncio.sleep(1.0)
-            job = (await _call(client, "GET", f"/v1/jobs/{job['id']}")).json()
+            job = (await call(client, "GET", f"/v1/jobs/{job['id']}")).json()
     sys.stderr.write("\n")
     return job
 
@@ -101,22 +102,3 @@ def _progress(job: dict[str, Any], started: float) -> None:
         f"({counts['failed']} failed) {rate:,.0f} rows/s {job['status']:<9}"
     )
     sys.stderr.flush()
-
-
-async def _call(client: httpx.AsyncClient, method: str, path: str, **kwargs: Any) -> httpx.Response:
-    try:
-        response = await client.request(method, path, **kwargs)
-    except httpx.TransportError as exc:
-        raise ServiceUnavailable(f"cannot reach the inferq API at {client.base_url}: {exc}") from exc
-    if response.status_code >= 400:
-        raise _problem(response)
-    return response
-
-
-def _problem(response: httpx.Response) -> InferqError:
-    try:
-        body = response.json()
-    except ValueError:
-        body = {}
-    code = str(body.get("code", "internal_error"))
-    return error_class(code)(str(body.get("detail") or response.text[:200]), status=response.status_code)

@@ -1,4 +1,5 @@
-"""Helpers for the model-management fault tests: models (affine versions, validator bombs), the admin routes
+"""Helpers for the model-management fault tests: models (affine versions, a batch-sized memory bomb; the CPU
+bomb is the upload tests' own), the admin routes
 over HTTP, ``inferq worker --all``, and what the API's process tree and the partitions' alive keys say."""
 
 from __future__ import annotations
@@ -54,42 +55,6 @@ def memory_bomb(floats: int = 600_000_000) -> bytes:
         [("y", TensorProto.FLOAT, [None, 4])],
         nodes,
         [numpy_helper.from_array(np.array([floats], np.int64), "n")],
-    )
-
-
-def cpu_bomb(trips: int = 10**12, *, step: float = 1.0) -> bytes:
-    """A ``Loop`` of ``trips`` scalar additions at its warm-up run: a tiny file that never finishes loading.
-    ``step`` only makes two bombs different files."""
-    scalar: list[int] = []
-    body = helper.make_graph(
-        [
-            helper.make_node("Add", ["acc_in", "step"], ["acc_out"]),
-            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
-        ],
-        "body",
-        [
-            helper.make_tensor_value_info("i", TensorProto.INT64, scalar),
-            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, scalar),
-            helper.make_tensor_value_info("acc_in", TensorProto.FLOAT, scalar),
-        ],
-        [
-            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, scalar),
-            helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, scalar),
-        ],
-        initializer=[numpy_helper.from_array(np.array(step, np.float32), "step")],
-    )
-    return build(
-        [("x", TensorProto.FLOAT, [None, 4])],
-        [("y", TensorProto.FLOAT, [None, 4])],
-        [
-            helper.make_node("Loop", ["trips", "cond", "zero"], ["total"], body=body),
-            helper.make_node("Add", ["x", "total"], ["y"]),
-        ],
-        [
-            numpy_helper.from_array(np.array(trips, np.int64), "trips"),
-            numpy_helper.from_array(np.array(True), "cond"),
-            numpy_helper.from_array(np.array(0, np.float32), "zero"),
-        ],
     )
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import asyncpg  # type: ignore[import-untyped]
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
+from unit.upload_models import cpu_bomb
 
 from .harness import OwnPostgres, Stack, eventually, unique
 from .model_kit import (
@@ -23,7 +24,6 @@ from .model_kit import (
     Call,
     affine,
     apis_ready,
-    cpu_bomb,
     descendants,
     expected,
     finished,

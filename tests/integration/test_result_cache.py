@@ -286,7 +286,8 @@ async def test_over_http_the_cache_is_set_at_upload_or_by_patch_and_refused_for_
         versions = [await registry.get_version(name, v) for v in (1, 2)]
 
         async def catalog_sees_the_patch() -> bool:
-            return (await api.service.resolve(ModelRef(name=name, version=2))).overrides == enabled.json()["overrides"]
+            route = await api.service.route(ModelRef(name=name, version=2))
+            return route.version.overrides == enabled.json()["overrides"]
 
         await wait_for(catalog_sees_the_patch, what="the API's catalog to see the new overrides")
         async with workers(settings, sessionmaker, ledger, *versions):

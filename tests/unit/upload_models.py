@@ -91,12 +91,13 @@ def memory_bomb(n_floats: int = 600_000_000) -> bytes:
     return build(nodes, [numpy_helper.from_array(np.array([n_floats], dtype=np.int64), "shape")])
 
 
-def cpu_bomb(trips: int = 10**12) -> bytes:
-    """A ``Loop`` of ``trips`` additions at its warm-up run: a tiny file that never finishes loading."""
+def cpu_bomb(trips: int = 10**12, *, step: float = 1.0) -> bytes:
+    """A ``Loop`` of ``trips`` additions at its warm-up run: a tiny file that never finishes loading.
+    ``step`` only makes two bombs different files."""
     scalar: Any = []
     body = helper.make_graph(
         [
-            helper.make_node("Add", ["acc_in", "one"], ["acc_out"]),
+            helper.make_node("Add", ["acc_in", "step"], ["acc_out"]),
             helper.make_node("Identity", ["cond_in"], ["cond_out"]),
         ],
         "body",
@@ -109,7 +110,7 @@ def cpu_bomb(trips: int = 10**12) -> bytes:
             helper.make_tensor_value_info("cond_out", TensorProto.BOOL, scalar),
             helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, scalar),
         ],
-        initializer=[numpy_helper.from_array(np.float32(1), "one")],
+        initializer=[numpy_helper.from_array(np.float32(step), "step")],
     )
     inits = [
         numpy_helper.from_array(np.array(trips, dtype=np.int64), "trips"),
