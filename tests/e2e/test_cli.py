@@ -7,6 +7,7 @@ import os
 import pickle
 import re
 import secrets
+import signal
 import stat
 import subprocess
 import sys
@@ -245,6 +246,21 @@ def test_dev_on_a_fresh_machine_with_embedded_services(tmp_path: Path) -> None:
     assert not (tmp_path / "state" / "redis" / "server.json").exists()  # the embedded Redis was stopped
 
 
+def _finished(proc: subprocess.Popen[str], *, timeout_s: float) -> str:
+    """Its stderr once it exits; past ``timeout_s`` it is stopped (SIGTERM: its children too, then SIGKILL) and
+    the stderr so far is returned with a note, so a hang fails with what the command was doing."""
+    try:
+        return proc.communicate(timeout=timeout_s)[1]
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            stderr = proc.communicate(timeout=60)[1]
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            stderr = proc.communicate()[1]
+        return f"{stderr}\n[still running after {timeout_s:.0f} s: stopped]"
+
+
 def test_two_dev_commands_at_once_share_services_and_seed_once(tmp_path: Path) -> None:
     env = fresh_env(tmp_path)
     procs = [
@@ -256,8 +272,8 @@ def test_two_dev_commands_at_once_share_services_and_seed_once(tmp_path: Path) -
         )
         for _ in range(2)
     ]
-    logs = [p.communicate(timeout=120)[1] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0]
+    logs = [_finished(p, timeout_s=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n---\n".join(log[-4000:] for log in logs)
     assert sum(log.count("training demo model") for log in logs) == 4  # each demo model trained once
     listed = json.loads(inferq("models", "list", env=env).stdout)
     assert {m["name"]: [v["version"] for v in m["versions"]] for m in listed}["wine"] == [1, 2]
